@@ -1,0 +1,21 @@
+"""rmix_fast: saliency-guided mixup (R-Mix) as fused kernels for PyTorch.
+
+Set ``TRITON_INTERPRET=1`` *before* importing this package to run the Triton backend on CPU
+tensors (the interpreter: exact, slow, for tests).
+"""
+
+from rmix_fast._backends import BackendInfo, available_backends
+from rmix_fast.functional import rmix, saliency_grid
+from rmix_fast.sampling import RMixParams, sample_rmix_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "RMixParams",
+    "__version__",
+    "available_backends",
+    "rmix",
+    "sample_rmix_params",
+    "saliency_grid",
+]

@@ -1,0 +1,105 @@
+"""Which backends run on which device, why the others do not, and what "auto" picks."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("reference", "triton")
+MIN_TRITON = (3, 6)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Whether ``name`` runs on a device; ``reason`` says how it runs or why it cannot."""
+
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
+
+
+def _find_triton_problem() -> str | None:
+    """Why the Triton kernels cannot be imported at all, or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed (pip install 'triton>=3.6')"
+    import triton
+
+    version = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit())
+    if version < MIN_TRITON:
+        return f"triton {triton.__version__} is too old; rmix_fast needs triton >= 3.6"
+    try:
+        import rmix_fast.triton_kernels.rmix  # noqa: F401  (decorates the kernels)
+    except Exception as exc:  # an import failure must be reported, not crash the package
+        return f"importing the Triton kernels failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+# Checked once at import: a constant that torch.compile can trace through.
+TRITON_PROBLEM = _find_triton_problem()
+
+
+def _triton_info(device: torch.device) -> BackendInfo:
+    if TRITON_PROBLEM is not None:
+        return BackendInfo("triton", False, TRITON_PROBLEM)
+    from rmix_fast.triton_kernels.rmix import INTERPRETED
+
+    if device.type == "cuda":
+        if INTERPRETED:
+            return BackendInfo("triton", False, "TRITON_INTERPRET=1 was set at import: kernels run on CPU tensors only")
+        if not torch.cuda.is_available():
+            return BackendInfo("triton", False, "torch.cuda.is_available() is False")
+        return BackendInfo("triton", True, "compiled Triton kernels on the GPU")
+    if device.type == "cpu":
+        if INTERPRETED:
+            return BackendInfo("triton", True, "Triton interpreter (TRITON_INTERPRET=1): exact but slow, for testing")
+        return BackendInfo(
+            "triton", False, "Triton runs on CPU tensors only under TRITON_INTERPRET=1, set before importing rmix_fast"
+        )
+    return BackendInfo("triton", False, f"no Triton kernels for device type '{device.type}'")
+
+
+def available_backends(device: torch.device | str | None = None) -> dict[str, BackendInfo]:
+    """Every backend with whether it runs on ``device`` (default: current CUDA device, else CPU) and why.
+
+    >>> {name: info.available for name, info in rmix_fast.available_backends("cpu").items()}
+    {'reference': True, 'triton': False}
+    """
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    return {
+        "reference": BackendInfo("reference", True, "pure PyTorch, runs on any device"),
+        "triton": _triton_info(device),
+    }
+
+
+def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
+    """The backend to run: ``backend`` itself if it can run here, or the fastest one for "auto"."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    infos = available_backends(device)
+    if backend == "auto":
+        triton_fits = grid <= _triton_max_grid()
+        # The interpreter is for testing only: "auto" never picks it.
+        if device.type == "cuda" and infos["triton"].available and triton_fits:
+            return "triton"
+        return "reference"
+    info = infos[backend]
+    if not info.available:
+        raise ValueError(f"backend {backend!r} is unavailable on {device}: {info.reason}")
+    if backend == "triton" and grid > _triton_max_grid():
+        raise ValueError(f"backend 'triton' supports grid <= {_triton_max_grid()}, got grid={grid}; use 'reference'")
+    return backend
+
+
+def _triton_max_grid() -> int:
+    from rmix_fast.triton_kernels.rmix import MAX_GRID
+
+    return MAX_GRID

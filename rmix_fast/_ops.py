@@ -1,0 +1,83 @@
+"""The R-Mix op of each backend, registered with the dispatcher through ``torch.library``.
+
+Each backend gets a forward and a backward custom op, ``rmix_fast::rmix_<backend>`` and
+``rmix_fast::rmix_<backend>_backward``. They share one fake (meta) implementation and one autograd
+registration, so autograd and ``torch.compile(fullgraph=True)`` treat every backend alike.
+The content checks (``check_values``) run inside the forward op, so they run under compile too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rmix_fast import reference
+from rmix_fast._backends import TRITON_PROBLEM
+from rmix_fast._validation import check_values
+
+FORWARD_SCHEMA = "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate) -> (Tensor, Tensor, Tensor)"
+BACKWARD_SCHEMA = "(Tensor grad_out, Tensor mask, Tensor perm, Tensor lam) -> Tensor"
+
+
+@dataclass(frozen=True)
+class RMixOps:
+    forward: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    backward: Callable[..., Tensor]
+
+
+def _fake_forward(x: Tensor, grad: Tensor, perm: Tensor, lam: Tensor, q: Tensor, grid: int, validate: bool):
+    B = x.shape[0]
+    return (
+        torch.empty_like(x),
+        x.new_empty((B,), dtype=torch.float32),
+        x.new_empty((B, grid, grid), dtype=torch.bool),
+    )
+
+
+def _fake_backward(grad_out: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    return torch.empty_like(grad_out)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, _, perm, lam, _, _, _ = inputs
+    _, lam_eff, mask = output
+    ctx.mark_non_differentiable(lam_eff, mask)
+    ctx.save_for_backward(mask, perm, lam)
+
+
+def _register(backend: str, forward_impl: Callable, backward_impl: Callable) -> RMixOps:
+    name = f"rmix_fast::rmix_{backend}"
+
+    def forward(x: Tensor, grad: Tensor, perm: Tensor, lam: Tensor, q: Tensor, grid: int, validate: bool):
+        if validate:
+            check_values(perm, lam, q)
+        return forward_impl(x, grad, perm, lam, q, grid)
+
+    fwd = torch.library.custom_op(name, forward, mutates_args=(), schema=FORWARD_SCHEMA)
+    bwd = torch.library.custom_op(f"{name}_backward", backward_impl, mutates_args=(), schema=BACKWARD_SCHEMA)
+    fwd.register_fake(_fake_forward)
+    bwd.register_fake(_fake_backward)
+
+    def backward(ctx, grad_mixed: Tensor, _grad_lam_eff: Tensor, _grad_mask: Tensor):
+        mask, perm, lam = ctx.saved_tensors
+        grad_x = bwd(grad_mixed, mask, perm, lam) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None, None, None
+
+    fwd.register_autograd(backward, setup_context=_setup_context)
+    return RMixOps(forward=fwd, backward=bwd)
+
+
+def _register_all() -> dict[str, RMixOps]:
+    """Registers at import: registering lazily would happen inside torch.compile's tracing."""
+    ops = {"reference": _register("reference", reference.rmix_forward, reference.rmix_backward)}
+    if TRITON_PROBLEM is None:
+        from rmix_fast.triton_kernels import rmix as triton_rmix
+
+        ops["triton"] = _register("triton", triton_rmix.rmix_forward, triton_rmix.rmix_backward)
+    return ops
+
+
+OPS: dict[str, RMixOps] = _register_all()

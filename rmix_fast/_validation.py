@@ -1,0 +1,120 @@
+"""Argument checks for ``rmix``: every problem is a ValueError/TypeError naming the argument.
+
+Two tiers, so the hot path stays cheap:
+
+* ``check_static`` looks only at types, shapes, dtypes and devices. No host-device sync, and it
+  traces cleanly under ``torch.compile``.
+* ``check_values`` looks at tensor *contents* (perm is a permutation of 0..B-1, lam and q lie in
+  [0, 1]). It fuses every test into one small device tensor and reads it back once: a single
+  host-device sync per call. It runs inside the op's implementation, so it also runs under
+  ``torch.compile``; pass ``validate=False`` to ``rmix`` to skip it.
+"""
+
+from __future__ import annotations
+
+import operator
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_image_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(t)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got dtype {t.dtype}")
+    return t
+
+
+def _check_level(name: str, value: object, batch: int, device: torch.device) -> None:
+    """lam / q: a real number in [0, 1], or a float tensor of shape (B,) (or a 0-d tensor) on x's device."""
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
+            raise ValueError(f"{name} must be a Python float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name} is on {value.device} but x is on {device}; all tensors must share a device")
+        return
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a Python float or a (B,) tensor, got {_describe(value)}")
+    if not (0.0 <= float(value) <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+def check_static(x: object, grad: object, perm: object, lam: object, q: object, grid: object) -> int:
+    """Checks that need no tensor contents. Returns ``grid`` as a plain int."""
+    x = _check_image_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    grad = _check_image_tensor("grad", grad)
+    if grad.shape != x.shape:
+        raise ValueError(f"grad must have x's shape {tuple(x.shape)}, got {tuple(grad.shape)}")
+    if grad.device != x.device:
+        raise ValueError(f"grad is on {grad.device} but x is on {x.device}; all tensors must share a device")
+    B, _, H, W = x.shape
+    if not isinstance(perm, Tensor):
+        raise TypeError(f"perm must be an integer torch.Tensor, got {_describe(perm)}")
+    if perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
+        raise TypeError(f"perm must be an integer tensor, got dtype {perm.dtype}")
+    if perm.shape != (B,):
+        raise ValueError(f"perm must have shape ({B},) to match x's batch, got {tuple(perm.shape)}")
+    if perm.device != x.device:
+        raise ValueError(f"perm is on {perm.device} but x is on {x.device}; all tensors must share a device")
+    _check_level("lam", lam, B, x.device)
+    _check_level("q", q, B, x.device)
+    if isinstance(grid, bool):
+        raise TypeError(f"grid must be an int, got {grid!r}")
+    try:
+        p = operator.index(grid)
+    except TypeError:
+        raise TypeError(f"grid must be an int, got {_describe(grid)}") from None
+    if p < 1:
+        raise ValueError(f"grid must be >= 1, got {p}")
+    if H % p or W % p:
+        raise ValueError(f"grid={p} must divide both H={H} and W={W} of x (shape {tuple(x.shape)})")
+    return p
+
+
+def check_values(perm: Tensor, lam: Tensor, q: Tensor) -> None:
+    """Content checks with one host-device sync: perm is a permutation, lam and q lie in [0, 1]."""
+    B = perm.shape[0]
+    if B == 0:
+        return
+    in_range = (perm >= 0) & (perm < B)
+    # A permutation hits every index once: count hits of the in-range entries.
+    hits = torch.zeros(B, dtype=torch.int32, device=perm.device)
+    hits.index_add_(0, torch.where(in_range, perm, 0).long(), in_range.to(torch.int32))
+    flags = torch.stack(
+        [
+            in_range.all(),
+            (hits == 1).all(),
+            ((lam >= 0) & (lam <= 1)).all(),  # False for NaN
+            ((q >= 0) & (q <= 1)).all(),
+        ]
+    ).tolist()  # the one sync
+    if not flags[0]:
+        lo, hi = int(perm.min()), int(perm.max())
+        raise ValueError(f"perm must hold indices in [0, {B - 1}], got values in [{lo}, {hi}]")
+    if not flags[1]:
+        raise ValueError(f"perm must be a permutation of 0..{B - 1}; it repeats some indices and misses others")
+    for name, ok, t in (("lam", flags[2], lam), ("q", flags[3], q)):
+        if not ok:
+            bad = t[~((t >= 0) & (t <= 1))]
+            raise ValueError(f"{name} must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad[0].item()!r}")
+
+
+def as_level_tensor(value: float | Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """lam / q as a (B,) tensor: Python numbers become ``dtype``; tensors keep their dtype (kernels upcast)."""
+    if isinstance(value, Tensor):
+        return value.expand(batch) if value.dim() == 0 else value
+    return torch.full((batch,), float(value), dtype=dtype, device=device)

@@ -1,0 +1,102 @@
+"""Draws R-Mix's random inputs (perm, lam, q, grid) from a ``torch.Generator``.
+
+Randomness is an input to the op: draw once here, then hand the same tensors to any backend, and
+the backends can be compared exactly. ``torch.distributions.Beta`` takes no generator, so Beta is
+sampled from two Gamma draws (Marsaglia-Tsang) that use only the generator given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["RMixParams", "paper_levels", "sample_beta", "sample_rmix_params"]
+
+
+@dataclass(frozen=True)
+class RMixParams:
+    """One batch's draw: pass as ``rmix(x, grad, perm=p.perm, lam=p.lam, q=p.q, grid=p.grid)``."""
+
+    perm: Tensor  # (B,) int64 permutation
+    lam: Tensor  # (B,) float32; one value repeated unless drawn per sample
+    q: Tensor  # (B,) float32 percentile levels
+    grid: int
+
+
+def paper_levels(levels: int = 10, top: float = 0.99) -> Tensor:
+    """The paper's percentile space: ``levels`` equally spaced values in [0, top] (0, 0.11, ..., 0.99)."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+    return torch.linspace(0.0, top, levels, dtype=torch.float64) if levels > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+def _sample_gamma(shape: float, n: int, generator: torch.Generator | None) -> Tensor:
+    """n draws from Gamma(shape, 1) in float64 (Marsaglia & Tsang 2000; boosted for shape < 1)."""
+    boost = shape < 1.0
+    a = shape + 1.0 if boost else shape
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64)
+    pending = torch.arange(n)
+    while pending.numel():
+        k = pending.numel()
+        z = torch.randn(k, dtype=torch.float64, generator=generator)
+        u = torch.rand(k, dtype=torch.float64, generator=generator)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out[pending[ok]] = d * v[ok]
+        pending = pending[~ok]
+    if boost:
+        out *= torch.rand(n, dtype=torch.float64, generator=generator) ** (1.0 / shape)
+    return out
+
+
+def sample_beta(alpha: float, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n draws of Beta(alpha, alpha) as float64, reproducible from ``generator``."""
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    g1 = _sample_gamma(float(alpha), n, generator)
+    g2 = _sample_gamma(float(alpha), n, generator)
+    total = g1 + g2
+    # both gammas can underflow to 0 for tiny alpha; the draw is then a fair coin's 0.5
+    return torch.where(total > 0, g1 / torch.where(total > 0, total, 1.0), torch.full_like(total, 0.5))
+
+
+def sample_rmix_params(
+    batch_size: int,
+    *,
+    alpha: float = 1.0,
+    grids: Sequence[int] = (2, 4),
+    levels: int = 10,
+    per_sample_lam: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> RMixParams:
+    """Draws one batch's R-Mix parameters the paper's way.
+
+    grid uniformly from ``grids`` (one per batch), lam ~ Beta(alpha, alpha) (one per batch unless
+    ``per_sample_lam``), q per sample uniformly from ``levels`` equally spaced values in [0, 0.99],
+    perm a uniform random permutation. Draws happen on the CPU ``generator`` and are then moved to
+    ``device``, so a seed gives the same parameters on every device.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+    grids = tuple(grids)
+    if not grids or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in grids):
+        raise ValueError(f"grids must be a non-empty sequence of ints >= 1, got {grids!r}")
+    space = paper_levels(levels)
+    grid = grids[int(torch.randint(len(grids), (1,), generator=generator))]
+    lam = sample_beta(alpha, batch_size if per_sample_lam else 1, generator)
+    lam = lam.expand(batch_size) if not per_sample_lam else lam
+    q = space[torch.randint(len(space), (batch_size,), generator=generator)]
+    perm = torch.randperm(batch_size, generator=generator)
+    return RMixParams(
+        perm=perm.to(device),
+        lam=lam.to(device=device, dtype=torch.float32).contiguous(),
+        q=q.to(device=device, dtype=torch.float32),
+        grid=grid,
+    )

@@ -1,0 +1,1 @@
+"""Fused Triton kernels for R-Mix. Importing this module requires ``triton``."""
