@@ -16,6 +16,6 @@ __all__ = [
     "__version__",
     "available_backends",
     "rmix",
-    "sample_rmix_params",
     "saliency_grid",
+    "sample_rmix_params",
 ]

@@ -18,7 +18,9 @@ from rmix_fast import reference
 from rmix_fast._backends import TRITON_PROBLEM
 from rmix_fast._validation import check_values
 
-FORWARD_SCHEMA = "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate) -> (Tensor, Tensor, Tensor)"
+FORWARD_SCHEMA = (
+    "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate) -> (Tensor, Tensor, Tensor)"
+)
 BACKWARD_SCHEMA = "(Tensor grad_out, Tensor mask, Tensor perm, Tensor lam) -> Tensor"
 
 

@@ -41,7 +41,9 @@ def _check_level(name: str, value: object, batch: int, device: torch.device) -> 
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a float tensor, got dtype {value.dtype}")
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
-            raise ValueError(f"{name} must be a Python float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a Python float or a tensor of shape ({batch},), got shape {tuple(value.shape)}"
+            )
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but x is on {device}; all tensors must share a device")
         return

@@ -52,7 +52,11 @@ def rmix(
     name = resolve_backend(backend, x.device, p)
     B = x.shape[0]
     if B == 0:
-        mixed, lam_eff, mask = x.clone(), x.new_empty((0,), dtype=torch.float32), x.new_empty((0, p, p), dtype=torch.bool)
+        mixed, lam_eff, mask = (
+            x.clone(),
+            x.new_empty((0,), dtype=torch.float32),
+            x.new_empty((0, p, p), dtype=torch.bool),
+        )
     else:
         lam_t = as_level_tensor(lam, B, reference.accumulate_dtype(x.dtype), x.device)
         q_t = as_level_tensor(q, B, reference.accumulate_dtype(grad.dtype), x.device)

@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from hypothesis import settings  # noqa: E402
+from hypothesis import settings
 
 # The interpreter is serial Python: no per-example deadline, a modest number of examples.
 settings.register_profile("rmix", deadline=None, max_examples=25, derandomize=True)

@@ -25,7 +25,17 @@ def test_dtypes_and_layouts(backend, dtype, x_layout):
 
 @pytest.mark.parametrize(
     "H,W,grid",
-    [(32, 32, 1), (32, 32, 2), (32, 32, 4), (32, 32, 8), (32, 32, 16), (32, 32, 32), (16, 48, 8), (24, 8, 4), (10, 14, 2)],
+    [
+        (32, 32, 1),
+        (32, 32, 2),
+        (32, 32, 4),
+        (32, 32, 8),
+        (32, 32, 16),
+        (32, 32, 32),
+        (16, 48, 8),
+        (24, 8, 4),
+        (10, 14, 2),
+    ],
 )
 def test_grids_and_non_square(backend, H, W, grid):
     check_against_reference(backend, make_case(3, 3, H, W, grid=grid, seed=2))
@@ -101,7 +111,7 @@ def test_deterministic(backend):
     case = make_case(8, 3, 16, 16, grid=4, seed=9)
     a = rmix_fast.rmix(case.x, case.grad, **case.kwargs(), backend=backend, return_mask=True)
     b = rmix_fast.rmix(case.x, case.grad, **case.kwargs(), backend=backend, return_mask=True)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
 
 

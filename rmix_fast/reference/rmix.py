@@ -4,7 +4,8 @@ Every step is vectorised over the batch and follows the normative semantics in t
 
 1. ``s[b,h,w]   = sqrt(mean_c grad[b,c,h,w]**2)``                      (channel L2 saliency)
 2. ``S[b,i,j]   = mean of s over cell (i, j)``                           (p x p grid)
-3. ``t[b]       = torch.quantile(S[b].flatten(), q[b])`` (linear); ``m = S >= t``; all True if S[b] is non-finite
+3. ``t[b]       = torch.quantile(S[b].flatten(), q[b])`` (linear); ``m = S >= t``;
+   all True if S[b] holds a non-finite value
 4. ``mixed      = lam*x + (1-lam)*x[perm]`` (as ``lerp(x[perm], x, lam)``) where ``m == m[perm]``, else ``x`` where ``m``, else ``x[perm]``
 5. ``lam_eff[b] = (count(inter[b]) * lam[b] + count(m[b] & ~m[perm[b]])) / p**2``
 
@@ -22,6 +23,7 @@ __all__ = [
     "blend_backward",
     "cell_saliency",
     "label_weight",
+    "lerp",
     "percentile_threshold",
     "rmix_backward",
     "rmix_forward",
