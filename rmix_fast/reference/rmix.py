@@ -6,7 +6,8 @@ Every step is vectorised over the batch and follows the normative semantics in t
 2. ``S[b,i,j]   = mean of s over cell (i, j)``                           (p x p grid)
 3. ``t[b]       = torch.quantile(S[b].flatten(), q[b])`` (linear); ``m = S >= t``;
    all True if S[b] holds a non-finite value
-4. ``mixed      = lam*x + (1-lam)*x[perm]`` (as ``lerp(x[perm], x, lam)``) where ``m == m[perm]``, else ``x`` where ``m``, else ``x[perm]``
+4. ``mixed      = lam*x + (1-lam)*x[perm]`` (as ``lerp(x[perm], x, lam)``) where ``m == m[perm]``,
+   else ``x`` where ``m``, else ``x[perm]``
 5. ``lam_eff[b] = (count(inter[b]) * lam[b] + count(m[b] & ~m[perm[b]])) / p**2``
 
 Saliency runs in float32 (float64 for float64 grads); the blend in float32 (float64 for float64 images).
