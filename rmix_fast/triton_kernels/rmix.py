@@ -66,15 +66,15 @@ def saliency_mask(grad: Tensor, q: Tensor, grid: int) -> Tensor:
     mask = torch.empty((B, p * p), dtype=torch.int8, device=grad.device)
     sb, sc, sh, sw = grad.stride()
     K.cell_saliency_partial_kernel[(B, p, n_split)](
-        grad, partials, sb, sc, sh, sw, rows_per_prog, n_split,
-        C=C, W=W, P=p, CELL_H=cell_h, CELL_W=cell_w,
+        grad, partials, sb, sc, sh, sw,
+        C=C, W=W, P=p, CELL_H=cell_h, CELL_W=cell_w, ROWS_PER_PROG=rows_per_prog, N_SPLIT=n_split,
         BLOCK_R=block_r, BLOCK_W=block_w, BLOCK_P=max(2, triton.next_power_of_2(p)), ACC=_TL_DTYPE[acc],
     )  # fmt: skip
     block_n = max(2, triton.next_power_of_2(p * p))
     block_j = max(2, min(block_n, 8192 // block_n))  # (block_n x block_j) compare tile stays <= 8K
     K.cell_threshold_kernel[(B,)](
-        partials, q, cells, mask, n_split,
-        P=p, CELL_AREA=cell_h * cell_w, BLOCK_N=block_n, BLOCK_J=block_j,
+        partials, q, cells, mask,
+        P=p, N_SPLIT=n_split, CELL_AREA=cell_h * cell_w, BLOCK_N=block_n, BLOCK_J=block_j,
         ACC=_TL_DTYPE[acc],
     )  # fmt: skip
     return mask

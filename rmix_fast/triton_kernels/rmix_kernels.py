@@ -48,13 +48,13 @@ def cell_saliency_partial_kernel(
     stride_c,
     stride_h,
     stride_w,
-    rows_per_prog,
-    n_split,
     C: tl.constexpr,
     W: tl.constexpr,
     P: tl.constexpr,
     CELL_H: tl.constexpr,
     CELL_W: tl.constexpr,
+    ROWS_PER_PROG: tl.constexpr,
+    N_SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -63,8 +63,8 @@ def cell_saliency_partial_kernel(
     b = tl.program_id(0).to(tl.int64)
     cell_row = tl.program_id(1)
     split = tl.program_id(2)
-    row_start = cell_row * CELL_H + split * rows_per_prog
-    row_end = tl.minimum(row_start + rows_per_prog, (cell_row + 1) * CELL_H)
+    row_start = cell_row * CELL_H + split * ROWS_PER_PROG
+    row_end = tl.minimum(row_start + ROWS_PER_PROG, (cell_row + 1) * CELL_H)
     base = grad_ptr + b * stride_b
     cell_ids = tl.arange(0, BLOCK_P)
     cells = tl.zeros([BLOCK_P], dtype=ACC)
@@ -72,8 +72,8 @@ def cell_saliency_partial_kernel(
         cols = w0 + tl.arange(0, BLOCK_W)
         col_ok = cols < W
         col_sum = tl.zeros([BLOCK_W], dtype=ACC)
-        for r0 in range(row_start, row_end, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
+        for r0 in range(0, ROWS_PER_PROG, BLOCK_R):  # integer bounds: the band's last rows are masked
+            rows = row_start + r0 + tl.arange(0, BLOCK_R)
             ok = (rows < row_end)[:, None] & col_ok[None, :]
             offs = rows[:, None].to(tl.int64) * stride_h + cols[None, :].to(tl.int64) * stride_w
             sq = tl.zeros([BLOCK_R, BLOCK_W], dtype=ACC)
@@ -84,7 +84,7 @@ def cell_saliency_partial_kernel(
             col_sum += tl.sum(_sqrt(_div(sq, tl.full(sq.shape, C, ACC), ACC), ACC), axis=0)
         in_cell = ((cols // CELL_W)[:, None] == cell_ids[None, :]) & col_ok[:, None]
         cells += tl.sum(tl.where(in_cell, col_sum[:, None], 0.0), axis=0)
-    out = part_ptr + ((b * P + cell_row) * n_split + split) * P
+    out = part_ptr + ((b * P + cell_row) * N_SPLIT + split) * P
     tl.store(out + cell_ids, cells, mask=cell_ids < P)
 
 
@@ -94,8 +94,8 @@ def cell_threshold_kernel(
     q_ptr,
     sal_ptr,
     mask_ptr,
-    n_split,
     P: tl.constexpr,
+    N_SPLIT: tl.constexpr,
     CELL_AREA: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_J: tl.constexpr,
@@ -107,10 +107,10 @@ def cell_threshold_kernel(
     valid = idx < N
     cell_row = idx // P
     cell_col = idx % P
-    base = part_ptr + b * (P * n_split * P)
+    base = part_ptr + b * (P * N_SPLIT * P)
     total = tl.zeros([BLOCK_N], dtype=ACC)
-    for s in range(n_split):  # fixed order: deterministic
-        total += tl.load(base + (cell_row * n_split + s) * P + cell_col, mask=valid, other=0.0)
+    for s in range(N_SPLIT):  # fixed order: deterministic
+        total += tl.load(base + (cell_row * N_SPLIT + s) * P + cell_col, mask=valid, other=0.0)
     sal = _div(total, tl.full(total.shape, CELL_AREA, ACC), ACC)
     elem_finite = tl.abs(sal) < float("inf")  # False for inf and NaN
     all_finite = tl.sum((valid & ~elem_finite).to(tl.int32), axis=0) == 0
