@@ -21,15 +21,16 @@ from torch import Tensor
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """A short description of an argument for error messages."""
     if isinstance(value, Tensor):
         return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {value!r:.60}"
 
 
 def _check_image_tensor(name: str, t: object) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(t)}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(t)}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got dtype {t.dtype}")
     return t
@@ -48,7 +49,7 @@ def _check_level(name: str, value: object, batch: int, device: torch.device) -> 
             raise ValueError(f"{name} is on {value.device} but x is on {device}; all tensors must share a device")
         return
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a Python float or a (B,) tensor, got {_describe(value)}")
+        raise TypeError(f"{name} must be a Python float or a (B,) tensor, got {describe(value)}")
     if not (0.0 <= float(value) <= 1.0):  # also rejects NaN
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
@@ -65,7 +66,7 @@ def check_static(x: object, grad: object, perm: object, lam: object, q: object, 
         raise ValueError(f"grad is on {grad.device} but x is on {x.device}; all tensors must share a device")
     B, _, H, W = x.shape
     if not isinstance(perm, Tensor):
-        raise TypeError(f"perm must be an integer torch.Tensor, got {_describe(perm)}")
+        raise TypeError(f"perm must be an integer torch.Tensor, got {describe(perm)}")
     if perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
         raise TypeError(f"perm must be an integer tensor, got dtype {perm.dtype}")
     if perm.shape != (B,):
@@ -79,7 +80,7 @@ def check_static(x: object, grad: object, perm: object, lam: object, q: object, 
     try:
         p = operator.index(grid)
     except TypeError:
-        raise TypeError(f"grid must be an int, got {_describe(grid)}") from None
+        raise TypeError(f"grid must be an int, got {describe(grid)}") from None
     if p < 1:
         raise ValueError(f"grid must be >= 1, got {p}")
     if H % p or W % p:

@@ -18,6 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from rmix_fast._validation import describe
+
 __all__ = ["BLENDED", "OWN_KEPT", "PARTNER_KEPT", "REGION_COLORS", "mix_regions", "save_mix_grid"]
 
 # Codes returned by ``mix_regions``.
@@ -47,15 +49,9 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 # validation helpers
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
-    return f"{type(value).__name__} {value!r:.60}"
-
-
 def _tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
     return value
 
 
@@ -94,7 +90,7 @@ def _check_mask(mask: object) -> Tensor:
 
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
@@ -105,11 +101,11 @@ def _channel_stats(name: str, value: object, channels: int, default: float) -> T
     if value is None:
         return torch.full((channels, 1, 1), default)
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got {_describe(value)}")
+        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got {describe(value)}")
     try:
         t = torch.as_tensor(value, dtype=torch.float32).detach().cpu().flatten()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got {_describe(value)}") from None
+        raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor, got {describe(value)}") from None
     if t.numel() not in (1, channels):
         raise ValueError(f"{name} must hold 1 or {channels} values (one per channel), got {t.numel()}")
     if not torch.isfinite(t).all():
@@ -132,11 +128,11 @@ def _check_labels(labels: object, class_names: object, batch: int) -> tuple[list
             raise ValueError(f"labels must be {batch} ints (one per sample), got {labels!r:.80}")
         label_list = list(labels)
     else:
-        raise TypeError(f"labels must be an integer tensor or a sequence of ints, got {_describe(labels)}")
+        raise TypeError(f"labels must be an integer tensor or a sequence of ints, got {describe(labels)}")
     if class_names is None:
         return label_list, None
     if isinstance(class_names, str) or not isinstance(class_names, Sequence):
-        raise TypeError(f"class_names must be a sequence of str, got {_describe(class_names)}")
+        raise TypeError(f"class_names must be a sequence of str, got {describe(class_names)}")
     names = [str(n) for n in class_names]
     bad = [v for v in label_list if not 0 <= v < len(names)]
     if bad:
@@ -274,7 +270,7 @@ def save_mix_grid(
         The path written, as a ``pathlib.Path``.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {_describe(path)}")
+        raise TypeError(f"path must be a str or os.PathLike, got {describe(path)}")
     x = _float_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
