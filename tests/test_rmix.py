@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rmix_fast import reference
 from tests.rmix_cases import BACKENDS, DEVICE, PAPER_LEVELS, check_against_reference, make_case
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS)
@@ -113,16 +112,3 @@ def test_deterministic(backend):
     b = rmix_fast.rmix(case.x, case.grad, **case.kwargs(), backend=backend, return_mask=True)
     for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
-
-
-def test_reference_threshold_is_torch_quantile(backend):
-    """The batched threshold equals torch.quantile(linear) sample by sample."""
-    if backend != "reference":
-        pytest.skip("reference only")
-    g = torch.Generator().manual_seed(10)
-    S = torch.rand(9, 5, 5, generator=g)
-    S[3] = 0.25  # ties
-    q = torch.tensor([0.0, 1.0, 0.5, 0.33, 0.11, 0.99, 0.77, 0.123456, 0.875])
-    t = reference.percentile_threshold(S, q)
-    want = torch.stack([torch.quantile(S[b].flatten(), q[b]) for b in range(9)])
-    assert torch.equal(t, want)

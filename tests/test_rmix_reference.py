@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import rmix_fast
+from rmix_fast import reference
 from tests.rmix_cases import make_case, near_threshold
 
 
@@ -78,3 +79,14 @@ def test_saliency_grid_normalises_and_handles_degenerate_samples():
     torch.testing.assert_close(S[0], raw[0] / raw[0].sum())
     with pytest.raises(ValueError, match="grid"):
         rmix_fast.saliency_grid(g, 3)
+
+
+def test_reference_threshold_is_torch_quantile():
+    """The batched threshold equals torch.quantile(linear) sample by sample."""
+    g = torch.Generator().manual_seed(10)
+    S = torch.rand(9, 5, 5, generator=g)
+    S[3] = 0.25  # ties
+    q = torch.tensor([0.0, 1.0, 0.5, 0.33, 0.11, 0.99, 0.77, 0.123456, 0.875])
+    t = reference.percentile_threshold(S, q)
+    want = torch.stack([torch.quantile(S[b].flatten(), q[b]) for b in range(9)])
+    assert torch.equal(t, want)
