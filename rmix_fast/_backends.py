@@ -72,10 +72,13 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, Ba
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    return {
-        "reference": BackendInfo("reference", True, "pure PyTorch, runs on any device"),
-        "triton": _triton_info(device),
-    }
+    return {name: _backend_info(name, device) for name in BACKENDS}
+
+
+def _backend_info(name: str, device: torch.device) -> BackendInfo:
+    if name == "triton":
+        return _triton_info(device)
+    return BackendInfo("reference", True, "pure PyTorch, runs on any device")
 
 
 def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
@@ -84,14 +87,12 @@ def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    infos = available_backends(device)
     if backend == "auto":
-        triton_fits = grid <= _triton_max_grid()
         # The interpreter is for testing only: "auto" never picks it.
-        if device.type == "cuda" and infos["triton"].available and triton_fits:
+        if device.type == "cuda" and _triton_info(device).available and grid <= _triton_max_grid():
             return "triton"
         return "reference"
-    info = infos[backend]
+    info = _backend_info(backend, device)
     if not info.available:
         raise ValueError(f"backend {backend!r} is unavailable on {device}: {info.reason}")
     if backend == "triton" and grid > _triton_max_grid():
@@ -100,6 +101,7 @@ def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
 
 
 def _triton_max_grid() -> int:
+    """Only valid once the Triton backend is known to be available (it imports the kernels)."""
     from rmix_fast.triton_kernels.rmix import MAX_GRID
 
     return MAX_GRID

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from rmix_fast.reference.rmix import accumulate_dtype
 from rmix_fast.triton_kernels import rmix_kernels as K
 
 # Kernels are decorated at import; the interpreter is chosen then, not per call.
@@ -27,10 +28,6 @@ _SALIENCY_TILE = 4096  # elements of one (rows x cols) grad tile
 _SALIENCY_ROWS_PER_PROGRAM = 16
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _layout(src: Tensor, dst: Tensor) -> int:
@@ -56,7 +53,7 @@ def saliency_mask(grad: Tensor, q: Tensor, grid: int) -> Tensor:
     B, C, H, W = grad.shape
     p = grid
     cell_h, cell_w = H // p, W // p
-    acc = _compute_dtype(grad.dtype)
+    acc = accumulate_dtype(grad.dtype)
     block_w = min(triton.next_power_of_2(W), 256)
     block_r = max(1, min(triton.next_power_of_2(cell_h), _SALIENCY_TILE // block_w))
     rows_per_prog = cell_h if INTERPRETED else min(cell_h, max(block_r, _SALIENCY_ROWS_PER_PROGRAM))
@@ -96,7 +93,7 @@ def rmix_forward(
             x, mixed, mask, perm, lam, lam_eff, *x.stride(), *mixed.stride(),
             C=C, H=H, W=W, P=p, CELL_H=H // p, CELL_W=W // p, LAYOUT=_layout(x, mixed),
             BLOCK=_BLEND_BLOCK, BLOCK_N=max(2, triton.next_power_of_2(p * p)),
-            CD=_TL_DTYPE[_compute_dtype(x.dtype)],
+            CD=_TL_DTYPE[accumulate_dtype(x.dtype)],
         )  # fmt: skip
     return mixed, lam_eff, mask.view(torch.bool).view(B, p, p)
 
@@ -112,6 +109,6 @@ def rmix_backward(grad_out: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> 
         K.blend_backward_kernel[(triton.cdiv(C * H * W, _BLEND_BLOCK), B)](
             grad_out, grad_x, mask.view(torch.int8), perm, src, lam, *grad_out.stride(), *grad_x.stride(),
             C=C, H=H, W=W, P=p, CELL_H=H // p, CELL_W=W // p, LAYOUT=_layout(grad_out, grad_x),
-            BLOCK=_BLEND_BLOCK, CD=_TL_DTYPE[_compute_dtype(grad_out.dtype)],
+            BLOCK=_BLEND_BLOCK, CD=_TL_DTYPE[accumulate_dtype(grad_out.dtype)],
         )  # fmt: skip
     return grad_x
