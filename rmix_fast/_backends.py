@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "triton", "cpp")
+# The compiled CUDA kernel ranks cells by counting, like the Triton kernel: grids up to this size.
+CPP_CUDA_MAX_GRID = 64
 MIN_TRITON = (3, 6)
 
 
@@ -67,7 +69,7 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, Ba
     """Every backend with whether it runs on ``device`` (default: current CUDA device, else CPU) and why.
 
     >>> {name: info.available for name, info in rmix_fast.available_backends("cpu").items()}
-    {'reference': True, 'triton': False}
+    {'reference': True, 'triton': False, 'cpp': True}
     """
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,9 +77,29 @@ def available_backends(device: torch.device | str | None = None) -> dict[str, Ba
     return {name: _backend_info(name, device) for name in BACKENDS}
 
 
+def _cpp_info(device: torch.device) -> BackendInfo:
+    from rmix_fast._extension import EXTENSION_PROBLEM, HAS_CPU_KERNEL, HAS_CUDA_KERNEL
+
+    if EXTENSION_PROBLEM is not None:
+        return BackendInfo("cpp", False, EXTENSION_PROBLEM)
+    if device.type == "cpu" and HAS_CPU_KERNEL:
+        return BackendInfo("cpp", True, "compiled C++ kernel (csrc/rmix_cpu.cpp), parallel over the CPU's threads")
+    if device.type == "cuda":
+        if not HAS_CUDA_KERNEL:
+            return BackendInfo(
+                "cpp", False, "the extension was built without its CUDA kernel (no CUDA toolkit or CPU-only torch)"
+            )
+        if not torch.cuda.is_available():
+            return BackendInfo("cpp", False, "torch.cuda.is_available() is False")
+        return BackendInfo("cpp", True, "compiled CUDA kernel (csrc/cuda/rmix_cuda.cu)")
+    return BackendInfo("cpp", False, f"no compiled kernel for device type '{device.type}'")
+
+
 def _backend_info(name: str, device: torch.device) -> BackendInfo:
     if name == "triton":
         return _triton_info(device)
+    if name == "cpp":
+        return _cpp_info(device)
     return BackendInfo("reference", True, "pure PyTorch, runs on any device")
 
 
@@ -88,16 +110,36 @@ def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        # The interpreter is for testing only: "auto" never picks it.
-        if device.type == "cuda" and _triton_info(device).available and grid <= _triton_max_grid():
-            return "triton"
-        return "reference"
+        return _auto_backend(device, grid)
     info = _backend_info(backend, device)
     if not info.available:
         raise ValueError(f"backend {backend!r} is unavailable on {device}: {info.reason}")
-    if backend == "triton" and grid > _triton_max_grid():
-        raise ValueError(f"backend 'triton' supports grid <= {_triton_max_grid()}, got grid={grid}; use 'reference'")
+    limit = _max_grid(backend, device)
+    if limit is not None and grid > limit:
+        raise ValueError(
+            f"backend {backend!r} on {device.type} supports grid <= {limit}, got grid={grid}; use 'reference'"
+        )
     return backend
+
+
+def _auto_backend(device: torch.device, grid: int) -> str:
+    """CPU: the compiled kernel. CUDA: Triton, then the compiled kernel (not yet measured against Triton on a
+    GPU, so Triton keeps the first place). The Triton interpreter is for testing only: never picked."""
+    order = ("triton", "cpp") if device.type == "cuda" else ("cpp",)
+    for name in order:
+        limit = _max_grid(name, device)
+        if _backend_info(name, device).available and (limit is None or grid <= limit):
+            return name
+    return "reference"
+
+
+def _max_grid(backend: str, device: torch.device) -> int | None:
+    """The largest grid a backend supports on ``device`` (None: any). Only valid once it is known available."""
+    if backend == "triton":
+        return _triton_max_grid()
+    if backend == "cpp" and device.type == "cuda":
+        return CPP_CUDA_MAX_GRID
+    return None
 
 
 def _triton_max_grid() -> int:

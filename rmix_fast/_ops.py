@@ -1,9 +1,11 @@
 """The R-Mix op of each backend, registered with the dispatcher through ``torch.library``.
 
-Each backend gets a forward and a backward custom op, ``rmix_fast::rmix_<backend>`` and
-``rmix_fast::rmix_<backend>_backward``. They share one fake (meta) implementation and one autograd
-registration, so autograd and ``torch.compile(fullgraph=True)`` treat every backend alike.
-The content checks (``check_values``) run inside the forward op, so they run under compile too.
+Each backend gets a forward and a backward op, ``rmix_fast::rmix_<backend>`` and
+``rmix_fast::rmix_<backend>_backward``: Python backends define theirs here with ``custom_op``; the
+compiled backend ("cpp") defines them in C++ (csrc/rmix_ops.cpp, TORCH_LIBRARY) with the same schemas.
+All share one fake (meta) implementation and one autograd registration, so autograd and
+``torch.compile(fullgraph=True)`` treat every backend alike. The content checks run inside the forward
+op (``check_values`` here, its C++ twin for "cpp"), so they run under compile too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from rmix_fast import reference
 from rmix_fast._backends import TRITON_PROBLEM
+from rmix_fast._extension import EXTENSION_PROBLEM
 from rmix_fast._validation import check_values
 
 FORWARD_SCHEMA = (
@@ -50,7 +53,22 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(mask, perm, lam)
 
 
+def _attach(fwd, bwd) -> RMixOps:
+    """Fake kernels and autograd for a forward/backward op pair, defined in Python or in C++."""
+    torch.library.register_fake(fwd, _fake_forward)
+    torch.library.register_fake(bwd, _fake_backward)
+
+    def backward(ctx, grad_mixed: Tensor, _grad_lam_eff: Tensor, _grad_mask: Tensor):
+        mask, perm, lam = ctx.saved_tensors
+        grad_x = bwd(grad_mixed, mask, perm, lam) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None, None, None
+
+    torch.library.register_autograd(fwd, backward, setup_context=_setup_context)
+    return RMixOps(forward=fwd, backward=bwd)
+
+
 def _register(backend: str, forward_impl: Callable, backward_impl: Callable) -> RMixOps:
+    """Defines the op pair of a Python backend; the content checks run inside the forward op."""
     name = f"rmix_fast::rmix_{backend}"
 
     def forward(x: Tensor, grad: Tensor, perm: Tensor, lam: Tensor, q: Tensor, grid: int, validate: bool):
@@ -60,16 +78,7 @@ def _register(backend: str, forward_impl: Callable, backward_impl: Callable) -> 
 
     fwd = torch.library.custom_op(name, forward, mutates_args=(), schema=FORWARD_SCHEMA)
     bwd = torch.library.custom_op(f"{name}_backward", backward_impl, mutates_args=(), schema=BACKWARD_SCHEMA)
-    fwd.register_fake(_fake_forward)
-    bwd.register_fake(_fake_backward)
-
-    def backward(ctx, grad_mixed: Tensor, _grad_lam_eff: Tensor, _grad_mask: Tensor):
-        mask, perm, lam = ctx.saved_tensors
-        grad_x = bwd(grad_mixed, mask, perm, lam) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None, None, None, None
-
-    fwd.register_autograd(backward, setup_context=_setup_context)
-    return RMixOps(forward=fwd, backward=bwd)
+    return _attach(fwd, bwd)
 
 
 def _register_all() -> dict[str, RMixOps]:
@@ -79,6 +88,8 @@ def _register_all() -> dict[str, RMixOps]:
         from rmix_fast.triton_kernels import rmix as triton_rmix
 
         ops["triton"] = _register("triton", triton_rmix.rmix_forward, triton_rmix.rmix_backward)
+    if EXTENSION_PROBLEM is None:  # the C++ library defined these ops (csrc/rmix_ops.cpp) with the same schemas
+        ops["cpp"] = _attach(torch.ops.rmix_fast.rmix_cpp.default, torch.ops.rmix_fast.rmix_cpp_backward.default)
     return ops
 
 

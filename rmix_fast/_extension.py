@@ -1,0 +1,41 @@
+"""Loads the compiled op library (rmix_fast._C, built by setup.py) and says why it cannot when it cannot.
+
+The library registers ``rmix_fast::rmix_cpp`` and ``rmix_fast::rmix_cpp_backward`` with the dispatcher
+(TORCH_LIBRARY in csrc/); it has no Python module init, so it is loaded with ``torch.ops.load_library``
+rather than imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+REBUILD = "pip install torch setuptools wheel ninja && pip install --no-build-isolation -e ."
+
+
+def _load() -> str | None:
+    """Loads the library once; returns why it is unusable, or None when it loaded."""
+    spec = importlib.util.find_spec("rmix_fast._C")
+    if spec is None or spec.origin is None:
+        return (
+            "the compiled extension rmix_fast._C is not built (it is skipped when RMIX_FAST_NO_EXT=1 is set, when "
+            f"torch is missing at build time, or when compiling fails); build it with: {REBUILD}"
+        )
+    try:
+        torch.ops.load_library(spec.origin)
+    except OSError as exc:  # most often: built against another torch version
+        return f"loading {spec.origin} failed ({exc}); rebuild it against the installed torch: {REBUILD}"
+    return None
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    return EXTENSION_PROBLEM is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "rmix_fast::rmix_cpp", dispatch_key
+    )
+
+
+# Found once at import: constants that torch.compile can trace through.
+EXTENSION_PROBLEM = _load()
+HAS_CPU_KERNEL = _has_kernel("CPU")
+HAS_CUDA_KERNEL = _has_kernel("CUDA")  # only where the build found a CUDA toolkit and a CUDA torch
