@@ -158,6 +158,27 @@ void blend_run(scalar_t* out, const scalar_t* own, const scalar_t* partner, int6
   }
 }
 
+// Below this many elements per cell column, a per-cell switch and memcpy cost more than the work, so a
+// row is blended element by element, selecting by its cell's mode.
+constexpr int64_t kMinRun = 16;
+
+// Whole row through a per-element mode map: the blend is computed everywhere and selected only where a
+// cell blends, so copies stay bit-exact and an inf/NaN in the unselected image never reaches the output.
+// int32 modes have the width of a float lane, so the selects vectorise.
+template <typename scalar_t, typename acc_t>
+void blend_row_mapped(scalar_t* out, const scalar_t* own, const scalar_t* partner, const int32_t* mode, int64_t n,
+                      acc_t lam) {
+  const bool low = lam < acc_t(0.5);
+  const acc_t rest = acc_t(1) - lam;
+  for (int64_t k = 0; k < n; ++k) {
+    const scalar_t ov = own[k], pv = partner[k];
+    const acc_t a = static_cast<acc_t>(ov), b = static_cast<acc_t>(pv);
+    const scalar_t mixed = static_cast<scalar_t>(low ? b + lam * (a - b) : a - (a - b) * rest);
+    const int32_t m = mode[k];
+    out[k] = m == int32_t(Cell::kBlend) ? mixed : (m == int32_t(Cell::kOwn) ? ov : pv);
+  }
+}
+
 // Dense rows: one row of sample b is `len` elements; cell column j covers `run` consecutive ones.
 template <typename scalar_t, typename acc_t>
 void blend_dense(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, const acc_t* lam, const bool* mask,
@@ -169,7 +190,11 @@ void blend_dense(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, co
   const int64_t ch = H / p;
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   scalar_t* dst = mixed.mutable_data_ptr<scalar_t>();
+  std::vector<int32_t> cell_of(run < kMinRun ? len : 0);
+  for (int64_t k = 0; k < static_cast<int64_t>(cell_of.size()); ++k) cell_of[k] = static_cast<int32_t>(k / run);
   at::parallel_for(0, B * rows, grain_for(len), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> mode(run < kMinRun ? p * len : 0);  // per cell row i: the modes of a row's elements
+    int64_t mapped = -1;                                      // the sample whose maps `mode` holds
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / rows, row = r % rows, i = (row % H) / ch;
       const int64_t pb = perm[b];
@@ -178,6 +203,18 @@ void blend_dense(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, co
       const scalar_t* own = src + r * len;
       const scalar_t* partner = src + (pb * rows + row) * len;
       scalar_t* out = dst + r * len;
+      if (run < kMinRun) {
+        if (mapped != b) {  // one map per cell row, shared by all channels and pixel rows of the sample
+          for (int64_t ii = 0; ii < p; ++ii) {
+            const bool* om = mask + (b * p + ii) * p;
+            const bool* pm = mask + (pb * p + ii) * p;
+            for (int64_t k = 0; k < len; ++k) mode[ii * len + k] = int32_t(cell_mode(om[cell_of[k]], pm[cell_of[k]]));
+          }
+          mapped = b;
+        }
+        blend_row_mapped<scalar_t, acc_t>(out, own, partner, mode.data() + i * len, len, lam[b]);
+        continue;
+      }
       for (int64_t j = 0; j < p; ++j) {
         const int64_t o = j * run;
         switch (cell_mode(own_m[j], par_m[j])) {
@@ -247,9 +284,19 @@ void label_weights(const bool* mask, const int64_t* perm, const acc_t* lam, int6
   }
 }
 
+// Even with validate=False an index outside [0, B) must not read or write out of bounds; on the CPU
+// this check costs one pass over B integers.
+void check_perm_in_range(const int64_t* perm, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(perm[b] >= 0 && perm[b] < B, "perm must hold indices in [0, ", B - 1, "], got ", perm[b],
+                      " at position ", b);
+  }
+}
+
 void forward_cpu(const ForwardArgs& args, ForwardOutputs& out) {
   const at::Tensor& x = args.x;
   const int64_t B = x.size(0), p = args.grid, n = p * p;
+  check_perm_in_range(args.perm.const_data_ptr<int64_t>(), B);
   bool* mask = out.mask.mutable_data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.grad.scalar_type(), "rmix_cpu_saliency", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -376,6 +423,7 @@ void backward_cpu(const BackwardArgs& args, at::Tensor& grad_x) {
   const at::Tensor& go = args.grad_out;
   const int64_t B = go.size(0), p = args.mask.size(1);
   const int64_t* perm = args.perm.const_data_ptr<int64_t>();
+  check_perm_in_range(perm, B);
   std::vector<int64_t> src(B);  // inverse permutation
   for (int64_t b = 0; b < B; ++b) src[perm[b]] = b;
   const bool* mask = args.mask.const_data_ptr<bool>();

@@ -123,9 +123,10 @@ def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
 
 
 def _auto_backend(device: torch.device, grid: int) -> str:
-    """CPU: the compiled kernel. CUDA: Triton, then the compiled kernel (not yet measured against Triton on a
-    GPU, so Triton keeps the first place). The Triton interpreter is for testing only: never picked."""
-    order = ("triton", "cpp") if device.type == "cuda" else ("cpp",)
+    """CPU: the compiled kernel. CUDA: Triton. The CUDA kernel of "cpp" has not yet been run on a GPU (only
+    compiled), so "auto" does not pick it until a GPU run checks it and measures it faster than Triton;
+    ``backend="cpp"`` selects it explicitly. The Triton interpreter is for testing only: never picked."""
+    order = ("triton",) if device.type == "cuda" else ("cpp",)
     for name in order:
         limit = _max_grid(name, device)
         if _backend_info(name, device).available and (limit is None or grid <= limit):

@@ -137,7 +137,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=64, help="training batch size (default: %(default)s)")
     parser.add_argument("--grid", type=int, default=4, help="R-Mix grid p, must divide 32 (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator (default: %(default)s)")
-    parser.add_argument("--backend", default="auto", help="rmix backend: auto, reference or triton (default: auto)")
+    parser.add_argument("--backend", default="auto", help="auto, reference, triton or cpp (default: auto)")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.steps < 0:

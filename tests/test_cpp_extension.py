@@ -112,7 +112,9 @@ def test_cpp_op_checks_its_own_arguments():
         op(x, x, perm, half, half, 0, True)
     with pytest.raises(ValueError, match="q must lie in"):
         op(x, x, perm, half, torch.full((4,), -1.0), 2, True)
-    op(x, x, torch.tensor([0, 0, 1, 2]), half, half, 2, False)  # validate=False trusts the caller's perm
+    op(x, x, torch.tensor([0, 0, 1, 2]), half, half, 2, False)  # validate=False trusts the caller's perm...
+    with pytest.raises(ValueError, match="perm must hold indices"):  # ...but never reads out of bounds
+        op(x, x, torch.tensor([0, 9, 1, 2]), half, half, 2, False)
     with pytest.raises(ValueError, match="mask must be a"):
         backward(x, torch.ones(4, 3, 3, dtype=torch.bool), perm, half)
 

@@ -43,7 +43,8 @@ def test_demo_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert image.format == "PNG"
         assert image.width > 4 * 32 * 4 and image.height > 5 * 32 * 4  # 4 columns, 5 rows of 128 px images
     printed = capsys.readouterr().out
-    assert "lam_eff" in printed and str(out) in printed and "reference" in printed
+    chosen = "cpp" if rmix_fast.available_backends("cpu")["cpp"].available else "reference"
+    assert "lam_eff" in printed and str(out) in printed and f"backend: auto -> {chosen}" in printed
 
 
 def test_make_shapes_is_deterministic_and_well_formed() -> None:
