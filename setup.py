@@ -70,18 +70,20 @@ def extension_setup() -> dict:
         include_dirs=[str(ROOT / "csrc")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc} if with_cuda else {"cxx": cxx},
         extra_link_args=["-fopenmp"],  # resolves to the libgomp torch already loaded
+        # optional: an editable install does not fail copying a library whose build failed
+        optional=not flag("RMIX_FAST_REQUIRE_EXT"),
     )
 
     class BuildExtension(cpp_extension.BuildExtension):
         """A failed compile leaves a working package without "cpp" unless RMIX_FAST_REQUIRE_EXT=1."""
 
-        def build_extension(self, ext):
+        def build_extensions(self):  # wraps torch's own pre-checks (compiler ABI, CUDA version) too
             try:
-                super().build_extension(ext)
+                super().build_extensions()
             except Exception as exc:
                 if flag("RMIX_FAST_REQUIRE_EXT"):
                     raise
-                say(f"building {ext.name} failed ({type(exc).__name__}: {exc}); installing without the 'cpp' backend")
+                say(f"building rmix_fast._C failed ({type(exc).__name__}: {exc}); installing without 'cpp'")
 
     return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
 

@@ -18,7 +18,8 @@ struct ForwardArgs {
   at::Tensor x;     // (B, C, H, W) float16/bfloat16/float32/float64, any strides
   at::Tensor grad;  // (B, C, H, W) any float dtype, any strides
   at::Tensor perm;  // (B,) int64, contiguous, a permutation of 0..B-1
-  at::Tensor lam;   // (B,) contiguous, accumulate_type(x.dtype)
+  at::Tensor lam;   // (B,) contiguous, accumulate_type(x.dtype): the blend weight
+  at::Tensor lam_label;  // (B,) contiguous, float64, from the caller's lam: the label weight (as the reference)
   at::Tensor q;     // (B,) contiguous, accumulate_type(grad.dtype)
   int64_t grid;     // p >= 1, divides H and W
 };

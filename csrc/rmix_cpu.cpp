@@ -62,14 +62,15 @@ inline void add_row_squares(const scalar_t* row, int64_t C, int64_t sc, int64_t 
   }
 }
 
-// One strip of cells (sample b, cell row i): per-row pixel saliency, summed per cell in double.
+// One strip of cells (sample b, cell row i): per-row pixel saliency; each row's part of a cell is summed
+// in acc_t, the rows of a cell in double.
 template <typename scalar_t, typename acc_t>
 void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw, int64_t h0, int64_t ch,
                 int64_t W, int64_t p, acc_t* cells_row) {
   const int64_t cw = W / p;
   std::vector<acc_t> sq(W);
   std::vector<double> sums(p, 0.0);
-  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  const acc_t channels = static_cast<acc_t>(C);
   for (int64_t h = h0; h < h0 + ch; ++h) {
     std::fill(sq.begin(), sq.end(), acc_t(0));
     if (sw == 1) {
@@ -79,7 +80,7 @@ void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw
     }
     for (int64_t j = 0; j < p; ++j) {
       acc_t run = 0;
-      for (int64_t w = j * cw; w < (j + 1) * cw; ++w) run += std::sqrt(sq[w] * inv_c);
+      for (int64_t w = j * cw; w < (j + 1) * cw; ++w) run += std::sqrt(sq[w] / channels);
       sums[j] += static_cast<double>(run);
     }
   }
@@ -119,12 +120,13 @@ void threshold_masks(const acc_t* cells, const acc_t* q, int64_t B, int64_t n, b
       // torch.quantile (linear): rank = q*(n-1), lerp between the order statistics around it.
       const acc_t rank = q[b] * static_cast<acc_t>(n - 1);
       const acc_t below = std::floor(rank);
-      const int64_t k = static_cast<int64_t>(below);
+      // Clamped: for huge n, float(n - 1) can round up to n.
+      const int64_t k = std::min<int64_t>(static_cast<int64_t>(below), n - 1);
       std::copy(S, S + n, sorted.begin());
       std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
       const acc_t lo = sorted[k];
       // After nth_element everything past k is >= lo, so the next order statistic is their minimum.
-      const acc_t hi = std::ceil(rank) > below ? *std::min_element(sorted.begin() + k + 1, sorted.end()) : lo;
+      const acc_t hi = std::ceil(rank) > below && k + 1 < n ? *std::min_element(sorted.begin() + k + 1, sorted.end()) : lo;
       const acc_t t = lerp(lo, hi, rank - below);
       for (int64_t c = 0; c < n; ++c) m[c] = S[c] >= t;
     }
@@ -270,8 +272,7 @@ void blend_strided(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, 
 }
 
 // lam_eff[b] = (cells blended * lam + cells kept as own) / p^2, in double like the reference.
-template <typename acc_t>
-void label_weights(const bool* mask, const int64_t* perm, const acc_t* lam, int64_t B, int64_t n, float* lam_eff) {
+void label_weights(const bool* mask, const int64_t* perm, const double* lam, int64_t B, int64_t n, float* lam_eff) {
   for (int64_t b = 0; b < B; ++b) {
     const bool* m = mask + b * n;
     const bool* pm = mask + perm[b] * n;
@@ -280,7 +281,7 @@ void label_weights(const bool* mask, const int64_t* perm, const acc_t* lam, int6
       inter += m[c] == pm[c];
       own += m[c] && !pm[c];
     }
-    lam_eff[b] = static_cast<float>((static_cast<double>(inter) * static_cast<double>(lam[b]) + own) / n);
+    lam_eff[b] = static_cast<float>((static_cast<double>(inter) * lam[b] + own) / n);
   }
 }
 
@@ -293,6 +294,14 @@ void check_perm_in_range(const int64_t* perm, int64_t B) {
   }
 }
 
+// Likewise a level outside [0, 1] (or NaN) would select outside the cells.
+template <typename acc_t>
+void check_q_in_range(const acc_t* q, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(q[b] >= acc_t(0) && q[b] <= acc_t(1), "q must lie in [0, 1]; got ", q[b], " at position ", b);
+  }
+}
+
 void forward_cpu(const ForwardArgs& args, ForwardOutputs& out) {
   const at::Tensor& x = args.x;
   const int64_t B = x.size(0), p = args.grid, n = p * p;
@@ -300,6 +309,7 @@ void forward_cpu(const ForwardArgs& args, ForwardOutputs& out) {
   bool* mask = out.mask.mutable_data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.grad.scalar_type(), "rmix_cpu_saliency", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    check_q_in_range(args.q.const_data_ptr<acc_t>(), B);
     std::vector<acc_t> cells(B * n);
     cell_saliency<scalar_t, acc_t>(args.grad, p, cells.data());
     threshold_masks<acc_t>(cells.data(), args.q.const_data_ptr<acc_t>(), B, n, mask);
@@ -314,7 +324,7 @@ void forward_cpu(const ForwardArgs& args, ForwardOutputs& out) {
     } else {
       blend_dense<scalar_t, acc_t>(x, out.mixed, perm, lam, mask, p, layout == Layout::kNHWC);
     }
-    label_weights<acc_t>(mask, perm, lam, B, n, out.lam_eff.mutable_data_ptr<float>());
+    label_weights(mask, perm, args.lam_label.const_data_ptr<double>(), B, n, out.lam_eff.mutable_data_ptr<float>());
   });
 }
 

@@ -98,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const at::Tensor& x, 
                            grad,
                            perm.to(at::kLong).contiguous(),
                            lam.to(accumulate_type(x.scalar_type())).contiguous(),
+                           lam.to(at::kDouble).contiguous(),
                            q.to(accumulate_type(grad.scalar_type())).contiguous(),
                            grid};
     kernel(args, out);

@@ -24,8 +24,11 @@ def _load() -> str | None:
         )
     try:
         torch.ops.load_library(spec.origin)
-    except OSError as exc:  # most often: built against another torch version
-        return f"loading {spec.origin} failed ({exc}); rebuild it against the installed torch: {REBUILD}"
+    except Exception as exc:  # most often an OSError: built against another torch version
+        return (
+            f"loading {spec.origin} failed ({type(exc).__name__}: {exc}); "
+            f"rebuild it against the installed torch: {REBUILD}"
+        )
     return None
 
 

@@ -115,8 +115,21 @@ def test_cpp_op_checks_its_own_arguments():
     op(x, x, torch.tensor([0, 0, 1, 2]), half, half, 2, False)  # validate=False trusts the caller's perm...
     with pytest.raises(ValueError, match="perm must hold indices"):  # ...but never reads out of bounds
         op(x, x, torch.tensor([0, 9, 1, 2]), half, half, 2, False)
+    for bad_q in (1.5, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="q must lie in"):
+            op(x, x, perm, half, torch.full((4,), bad_q), 2, False)
     with pytest.raises(ValueError, match="mask must be a"):
         backward(x, torch.ones(4, 3, 3, dtype=torch.bool), perm, half)
+
+
+@needs_cpp
+def test_label_weight_uses_float64_lam_like_the_reference():
+    """lam_eff is computed from the caller's lam in float64 (not from its float32 blend copy)."""
+    case = make_case(8, 3, 8, 8, grid=2, seed=42, device=CPU)
+    lam = torch.full((8,), 0.3, dtype=torch.float64)  # 0.3 is not a float32 number
+    _, lam_eff, mask = rmix_fast.rmix(case.x, case.grad, perm=case.perm, lam=lam, q=case.q, grid=2,
+                                      backend="cpp", return_mask=True)  # fmt: skip
+    assert torch.equal(lam_eff, rmix_fast.reference.label_weight(mask, case.perm, lam))
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")

@@ -492,13 +492,13 @@ void forward_cuda(const ForwardArgs& args, ForwardOutputs& out) {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
-  // 3. lam_eff, 4. blend (lam is in accumulate_type(x))
+  // 3. lam_eff (from the caller's lam in float64, as the reference), 4. blend (lam in accumulate_type(x))
   const int64_t total = B * C * H * W;
   const bool nhwc = nhwc_order(out.mixed);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rmix_cuda_blend", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    lam_eff_kernel<acc_t><<<static_cast<unsigned int>(B), kCountThreads, 0, stream>>>(
-        out.mask.const_data_ptr<bool>(), args.perm.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(),
+    lam_eff_kernel<double><<<static_cast<unsigned int>(B), kCountThreads, 0, stream>>>(
+        out.mask.const_data_ptr<bool>(), args.perm.const_data_ptr<int64_t>(), args.lam_label.const_data_ptr<double>(),
         out.lam_eff.mutable_data_ptr<float>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (total == 0) return;
