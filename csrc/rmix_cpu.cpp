@@ -29,6 +29,24 @@ int64_t grain_for(int64_t elements_per_task) {
 // are (b, h) with W*C elements (pixel-major).
 enum class Layout { kNCHW, kNHWC, kStrided };
 
+// The rows of a dense (B, C, H, W) tensor; in either layout cell column j of a row covers elements
+// [j*run, (j+1)*run), and the cell row follows from the row's index within its sample.
+struct DenseRows {
+  int64_t rows;  // rows per sample
+  int64_t len;   // elements per row
+  int64_t run;   // elements per cell column
+  int64_t H, ch;
+
+  DenseRows(const at::Tensor& t, int64_t p, bool channels_last)
+      : rows(channels_last ? t.size(2) : t.size(1) * t.size(2)),
+        len(channels_last ? t.size(3) * t.size(1) : t.size(3)),
+        run(len / p),
+        H(t.size(2)),
+        ch(t.size(2) / p) {}
+
+  int64_t cell_row(int64_t row_in_sample) const { return (row_in_sample % H) / ch; }
+};
+
 Layout dense_layout(const at::Tensor& t) {
   if (t.is_contiguous()) return Layout::kNCHW;
   if (t.is_contiguous(at::MemoryFormat::ChannelsLast)) return Layout::kNHWC;
@@ -144,20 +162,16 @@ inline Cell cell_mode(bool own_top, bool partner_top) {
   return own_top ? Cell::kOwn : Cell::kPartner;
 }
 
+// lam*own + (1-lam)*partner, rounded to the image dtype. lam is loop-invariant in every caller, so the
+// compiler hoists lerp's branch out of the loop (-O3 unswitching) and the loops vectorise.
+template <typename scalar_t, typename acc_t>
+inline scalar_t blend_value(scalar_t own, scalar_t partner, acc_t lam) {
+  return static_cast<scalar_t>(lerp<acc_t>(static_cast<acc_t>(partner), static_cast<acc_t>(own), lam));
+}
+
 template <typename scalar_t, typename acc_t>
 void blend_run(scalar_t* out, const scalar_t* own, const scalar_t* partner, int64_t n, acc_t lam) {
-  if (lam < acc_t(0.5)) {
-    for (int64_t k = 0; k < n; ++k) {
-      const acc_t b = static_cast<acc_t>(partner[k]);
-      out[k] = static_cast<scalar_t>(b + lam * (static_cast<acc_t>(own[k]) - b));
-    }
-  } else {
-    const acc_t rest = acc_t(1) - lam;
-    for (int64_t k = 0; k < n; ++k) {
-      const acc_t a = static_cast<acc_t>(own[k]);
-      out[k] = static_cast<scalar_t>(a - (a - static_cast<acc_t>(partner[k])) * rest);
-    }
-  }
+  for (int64_t k = 0; k < n; ++k) out[k] = blend_value(own[k], partner[k], lam);
 }
 
 // Below this many elements per cell column, a per-cell switch and memcpy cost more than the work, so a
@@ -170,12 +184,9 @@ constexpr int64_t kMinRun = 16;
 template <typename scalar_t, typename acc_t>
 void blend_row_mapped(scalar_t* out, const scalar_t* own, const scalar_t* partner, const int32_t* mode, int64_t n,
                       acc_t lam) {
-  const bool low = lam < acc_t(0.5);
-  const acc_t rest = acc_t(1) - lam;
   for (int64_t k = 0; k < n; ++k) {
     const scalar_t ov = own[k], pv = partner[k];
-    const acc_t a = static_cast<acc_t>(ov), b = static_cast<acc_t>(pv);
-    const scalar_t mixed = static_cast<scalar_t>(low ? b + lam * (a - b) : a - (a - b) * rest);
+    const scalar_t mixed = blend_value(ov, pv, lam);
     const int32_t m = mode[k];
     out[k] = m == int32_t(Cell::kBlend) ? mixed : (m == int32_t(Cell::kOwn) ? ov : pv);
   }
@@ -185,11 +196,8 @@ void blend_row_mapped(scalar_t* out, const scalar_t* own, const scalar_t* partne
 template <typename scalar_t, typename acc_t>
 void blend_dense(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, const acc_t* lam, const bool* mask,
                  int64_t p, bool channels_last) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t rows = channels_last ? H : C * H;      // rows per sample
-  const int64_t len = channels_last ? W * C : W;      // elements per row
-  const int64_t run = len / p;                         // elements per cell column
-  const int64_t ch = H / p;
+  const DenseRows geo(x, p, channels_last);
+  const int64_t B = x.size(0), rows = geo.rows, len = geo.len, run = geo.run;
   const scalar_t* src = x.const_data_ptr<scalar_t>();
   scalar_t* dst = mixed.mutable_data_ptr<scalar_t>();
   std::vector<int32_t> cell_of(run < kMinRun ? len : 0);
@@ -198,7 +206,7 @@ void blend_dense(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, co
     std::vector<int32_t> mode(run < kMinRun ? p * len : 0);  // per cell row i: the modes of a row's elements
     int64_t mapped = -1;                                      // the sample whose maps `mode` holds
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / rows, row = r % rows, i = (row % H) / ch;
+      const int64_t b = r / rows, row = r % rows, i = geo.cell_row(row);
       const int64_t pb = perm[b];
       const bool* own_m = mask + (b * p + i) * p;
       const bool* par_m = mask + (pb * p + i) * p;
@@ -257,7 +265,7 @@ void blend_strided(const at::Tensor& x, at::Tensor& mixed, const int64_t* perm, 
         const scalar_t a = own[w * sw], pv = partner[w * sw];
         switch (cell_mode(own_m[j], par_m[j])) {
           case Cell::kBlend:
-            out[w * so] = static_cast<scalar_t>(lerp<acc_t>(pv, a, lam[b]));
+            out[w * so] = blend_value(a, pv, lam[b]);
             break;
           case Cell::kOwn:
             out[w * so] = a;
@@ -356,16 +364,14 @@ inline scalar_t grad_value(scalar_t g_own, scalar_t g_via, Term<acc_t> own, Term
   return static_cast<scalar_t>(a + v);
 }
 
+// kOwn / kVia as compile-time constants fold grad_value's tests away, so each variant vectorises.
 template <typename scalar_t, typename acc_t, bool kOwn, bool kVia>
 void grad_run_impl(scalar_t* out, const scalar_t* g_own, const scalar_t* g_via, int64_t n, acc_t wo, acc_t wv) {
-  for (int64_t k = 0; k < n; ++k) {
-    const acc_t a = kOwn ? wo * static_cast<acc_t>(g_own[k]) : acc_t(0);
-    const acc_t v = kVia ? wv * static_cast<acc_t>(g_via[k]) : acc_t(0);
-    out[k] = static_cast<scalar_t>(a + v);
-  }
+  const Term<acc_t> own{kOwn, wo}, via{kVia, wv};
+  for (int64_t k = 0; k < n; ++k) out[k] = grad_value(g_own[k], g_via[k], own, via);
 }
 
-// The per-cell branch is hoisted out of the element loop so each variant vectorises.
+// The per-cell branch is hoisted out of the element loop.
 template <typename scalar_t, typename acc_t>
 void grad_run(scalar_t* out, const scalar_t* g_own, const scalar_t* g_via, int64_t n, Term<acc_t> own,
               Term<acc_t> via) {
@@ -383,13 +389,13 @@ void grad_run(scalar_t* out, const scalar_t* g_own, const scalar_t* g_via, int64
 template <typename scalar_t, typename acc_t>
 void backward_dense(const at::Tensor& go, at::Tensor& gx, const int64_t* perm, const int64_t* src, const acc_t* lam,
                     const bool* mask, int64_t p, bool channels_last) {
-  const int64_t B = go.size(0), C = go.size(1), H = go.size(2), W = go.size(3);
-  const int64_t rows = channels_last ? H : C * H, len = channels_last ? W * C : W, run = len / p, ch = H / p;
+  const DenseRows geo(go, p, channels_last);
+  const int64_t B = go.size(0), rows = geo.rows, len = geo.len, run = geo.run;
   const scalar_t* g = go.const_data_ptr<scalar_t>();
   scalar_t* dst = gx.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, B * rows, grain_for(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / rows, row = r % rows, i = (row % H) / ch, s = src[b];
+      const int64_t b = r / rows, row = r % rows, i = geo.cell_row(row), s = src[b];
       const bool* m = mask + (b * p + i) * p;
       const bool* pm = mask + (perm[b] * p + i) * p;
       const bool* sm = mask + (s * p + i) * p;
