@@ -5,16 +5,21 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast._backends import BackendInfo, available_backends
-from rmix_fast.functional import rmix, saliency_grid
+from rmix_fast.functional import BLEND, OWN, PARTNER, blend_regions, regions_from_mask, rmix, saliency_grid
 from rmix_fast.sampling import RMixParams, sample_rmix_params
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BLEND",
+    "OWN",
+    "PARTNER",
     "BackendInfo",
     "RMixParams",
     "__version__",
     "available_backends",
+    "blend_regions",
+    "regions_from_mask",
     "rmix",
     "saliency_grid",
     "sample_rmix_params",

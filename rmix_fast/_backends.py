@@ -103,8 +103,11 @@ def _backend_info(name: str, device: torch.device) -> BackendInfo:
     return BackendInfo("reference", True, "pure PyTorch, runs on any device")
 
 
-def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
-    """The backend to run: ``backend`` itself if it can run here, or the fastest one for "auto"."""
+def resolve_backend(backend: object, device: torch.device, grid: int | None) -> str:
+    """The backend to run: ``backend`` itself if it can run here, or the fastest one for "auto".
+
+    ``grid`` is R-Mix's p, which some kernels bound; None for the region blend, which has no bound.
+    """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend != "auto" and backend not in BACKENDS:
@@ -115,21 +118,21 @@ def resolve_backend(backend: object, device: torch.device, grid: int) -> str:
     if not info.available:
         raise ValueError(f"backend {backend!r} is unavailable on {device}: {info.reason}")
     limit = _max_grid(backend, device)
-    if limit is not None and grid > limit:
+    if limit is not None and grid is not None and grid > limit:
         raise ValueError(
             f"backend {backend!r} on {device.type} supports grid <= {limit}, got grid={grid}; use 'reference'"
         )
     return backend
 
 
-def _auto_backend(device: torch.device, grid: int) -> str:
+def _auto_backend(device: torch.device, grid: int | None) -> str:
     """CPU: the compiled kernel. CUDA: Triton. The CUDA kernel of "cpp" has not yet been run on a GPU (only
     compiled), so "auto" does not pick it until a GPU run checks it and measures it faster than Triton;
     ``backend="cpp"`` selects it explicitly. The Triton interpreter is for testing only: never picked."""
     order = ("triton",) if device.type == "cuda" else ("cpp",)
     for name in order:
         limit = _max_grid(name, device)
-        if _backend_info(name, device).available and (limit is None or grid <= limit):
+        if _backend_info(name, device).available and (limit is None or grid is None or grid <= limit):
             return name
     return "reference"
 

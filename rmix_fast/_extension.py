@@ -1,8 +1,8 @@
 """Loads the compiled op library (rmix_fast._C, built by setup.py) and says why it cannot when it cannot.
 
-The library registers ``rmix_fast::rmix_cpp`` and ``rmix_fast::rmix_cpp_backward`` with the dispatcher
-(TORCH_LIBRARY in csrc/); it has no Python module init, so it is loaded with ``torch.ops.load_library``
-rather than imported.
+The library registers ``rmix_fast::rmix_cpp``, ``rmix_fast::blend_regions_cpp`` and their backward ops
+with the dispatcher (TORCH_LIBRARY in csrc/); it has no Python module init, so it is loaded with
+``torch.ops.load_library`` rather than imported.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import importlib.util
 import torch
 
 REBUILD = "pip install torch setuptools wheel ninja && pip install --no-build-isolation -e ."
+# Every op the Python side binds; a library built from older sources lacks some.
+OP_NAMES = ("rmix_cpp", "rmix_cpp_backward", "blend_regions_cpp", "blend_regions_cpp_backward")
 
 
 def _load() -> str | None:
@@ -29,6 +31,9 @@ def _load() -> str | None:
             f"loading {spec.origin} failed ({type(exc).__name__}: {exc}); "
             f"rebuild it against the installed torch: {REBUILD}"
         )
+    missing = [name for name in OP_NAMES if not hasattr(torch.ops.rmix_fast, name)]
+    if missing:
+        return f"{spec.origin} is out of date (it lacks {', '.join(missing)}); rebuild it: {REBUILD}"
     return None
 
 

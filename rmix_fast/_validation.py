@@ -1,13 +1,14 @@
-"""Argument checks for ``rmix``: every problem is a ValueError/TypeError naming the argument.
+"""Argument checks for ``rmix`` and ``blend_regions``: every problem is a ValueError/TypeError naming
+the argument.
 
 Two tiers, so the hot path stays cheap:
 
-* ``check_static`` looks only at types, shapes, dtypes and devices. No host-device sync, and it
-  traces cleanly under ``torch.compile``.
+* ``check_static`` / ``check_regions_static`` look only at types, shapes, dtypes and devices. No
+  host-device sync, and they trace cleanly under ``torch.compile``.
 * ``check_values`` looks at tensor *contents* (perm is a permutation of 0..B-1, lam and q lie in
-  [0, 1]). It fuses every test into one small device tensor and reads it back once: a single
+  [0, 1], region codes are 0, 1 or 2). It fuses every test into one small device tensor and reads it back once: a single
   host-device sync per call. It runs inside the op's implementation, so it also runs under
-  ``torch.compile``; pass ``validate=False`` to ``rmix`` to skip it.
+  ``torch.compile``; pass ``validate=False`` to skip it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,48 @@ def _check_level(name: str, value: object, batch: int, device: torch.device) -> 
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
+def _is_integer_tensor(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_perm(perm: object, batch: int, device: torch.device) -> None:
+    if not isinstance(perm, Tensor):
+        raise TypeError(f"perm must be an integer torch.Tensor, got {describe(perm)}")
+    if not _is_integer_tensor(perm):
+        raise TypeError(f"perm must be an integer tensor, got dtype {perm.dtype}")
+    if perm.shape != (batch,):
+        raise ValueError(f"perm must have shape ({batch},) to match x's batch, got {tuple(perm.shape)}")
+    if perm.device != device:
+        raise ValueError(f"perm is on {perm.device} but x is on {device}; all tensors must share a device")
+
+
+def check_regions_static(x: object, perm: object, lam: object, regions: object) -> None:
+    """Checks of ``blend_regions`` that need no tensor contents."""
+    x = _check_image_tensor("x", x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    B, _, H, W = x.shape
+    _check_perm(perm, B, x.device)
+    _check_level("lam", lam, B, x.device)
+    if not isinstance(regions, Tensor):
+        raise TypeError(f"regions must be an integer torch.Tensor, got {describe(regions)}")
+    if not _is_integer_tensor(regions):
+        raise TypeError(f"regions must be an integer tensor, got dtype {regions.dtype}")
+    if (
+        regions.dim() != 3
+        or regions.shape[0] != B
+        or 0 in regions.shape[1:]
+        or H % regions.shape[1]
+        or W % regions.shape[2]
+    ):
+        raise ValueError(
+            f"regions must have shape (B, gh, gw) with gh dividing H={H} and gw dividing W={W} of x "
+            f"(shape {tuple(x.shape)}), got shape {tuple(regions.shape)}"
+        )
+    if regions.device != x.device:
+        raise ValueError(f"regions is on {regions.device} but x is on {x.device}; all tensors must share a device")
+
+
 def check_static(x: object, grad: object, perm: object, lam: object, q: object, grid: object) -> int:
     """Checks that need no tensor contents. Returns ``grid`` as a plain int."""
     x = _check_image_tensor("x", x)
@@ -65,14 +108,7 @@ def check_static(x: object, grad: object, perm: object, lam: object, q: object, 
     if grad.device != x.device:
         raise ValueError(f"grad is on {grad.device} but x is on {x.device}; all tensors must share a device")
     B, _, H, W = x.shape
-    if not isinstance(perm, Tensor):
-        raise TypeError(f"perm must be an integer torch.Tensor, got {describe(perm)}")
-    if perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
-        raise TypeError(f"perm must be an integer tensor, got dtype {perm.dtype}")
-    if perm.shape != (B,):
-        raise ValueError(f"perm must have shape ({B},) to match x's batch, got {tuple(perm.shape)}")
-    if perm.device != x.device:
-        raise ValueError(f"perm is on {perm.device} but x is on {x.device}; all tensors must share a device")
+    _check_perm(perm, B, x.device)
     _check_level("lam", lam, B, x.device)
     _check_level("q", q, B, x.device)
     if isinstance(grid, bool):
@@ -88,8 +124,9 @@ def check_static(x: object, grad: object, perm: object, lam: object, q: object, 
     return p
 
 
-def check_values(perm: Tensor, lam: Tensor, q: Tensor) -> None:
-    """Content checks with one host-device sync: perm is a permutation, lam and q lie in [0, 1]."""
+def check_values(perm: Tensor, lam: Tensor, q: Tensor | None = None, regions: Tensor | None = None) -> None:
+    """Content checks with one host-device sync: perm is a permutation, lam (and q) lie in [0, 1], the
+    region codes are 0, 1 or 2."""
     B = perm.shape[0]
     if B == 0:
         return
@@ -97,23 +134,24 @@ def check_values(perm: Tensor, lam: Tensor, q: Tensor) -> None:
     # A permutation hits every index once: count hits of the in-range entries.
     hits = torch.zeros(B, dtype=torch.int32, device=perm.device)
     hits.index_add_(0, torch.where(in_range, perm, 0).long(), in_range.to(torch.int32))
-    flags = torch.stack(
-        [
-            in_range.all(),
-            (hits == 1).all(),
-            ((lam >= 0) & (lam <= 1)).all(),  # False for NaN
-            ((q >= 0) & (q <= 1)).all(),
-        ]
-    ).tolist()  # the one sync
+    levels = [("lam", lam)] + ([("q", q)] if q is not None else [])
+    flags = [in_range.all(), (hits == 1).all()]
+    flags += [((t >= 0) & (t <= 1)).all() for _, t in levels]  # False for NaN
+    if regions is not None:
+        flags.append(((regions >= 0) & (regions <= 2)).all())
+    flags = torch.stack(flags).tolist()  # the one sync
     if not flags[0]:
         lo, hi = int(perm.min()), int(perm.max())
         raise ValueError(f"perm must hold indices in [0, {B - 1}], got values in [{lo}, {hi}]")
     if not flags[1]:
         raise ValueError(f"perm must be a permutation of 0..{B - 1}; it repeats some indices and misses others")
-    for name, ok, t in (("lam", flags[2], lam), ("q", flags[3], q)):
+    for (name, t), ok in zip(levels, flags[2:], strict=False):
         if not ok:
             bad = t[~((t >= 0) & (t <= 1))]
             raise ValueError(f"{name} must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad[0].item()!r}")
+    if regions is not None and not flags[-1]:
+        lo, hi = int(regions.min()), int(regions.max())
+        raise ValueError(f"regions must hold only 0 (blend), 1 (own) and 2 (partner), got values in [{lo}, {hi}]")
 
 
 def as_level_tensor(value: float | Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:

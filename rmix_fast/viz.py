@@ -19,13 +19,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from rmix_fast._validation import describe
+from rmix_fast.reference import BLEND, OWN, PARTNER, regions_from_mask
 
 __all__ = ["BLENDED", "OWN_KEPT", "PARTNER_KEPT", "REGION_COLORS", "mix_regions", "save_mix_grid"]
 
 # Codes returned by ``mix_regions``.
-BLENDED = 0  # both samples agree (both top or both not): lam*A + (1-lam)*B
-OWN_KEPT = 1  # only A is top: A is copied
-PARTNER_KEPT = 2  # only B is top: B is copied
+BLENDED = BLEND  # both samples agree (both top or both not): lam*A + (1-lam)*B
+OWN_KEPT = OWN  # only A is top: A is copied
+PARTNER_KEPT = PARTNER  # only B is top: B is copied
 
 REGION_COLORS: dict[int, tuple[int, int, int]] = {
     BLENDED: (66, 120, 230),
@@ -155,10 +156,7 @@ def mix_regions(mask: Tensor, perm: Tensor) -> Tensor:
     if mask.dim() != 3:
         raise ValueError(f"mask must have shape (B, p, p), got {tuple(mask.shape)}")
     _check_perm(perm, mask.shape[0])
-    partner = mask.index_select(0, perm.to(mask.device, torch.int64))
-    own = torch.full(mask.shape, OWN_KEPT, dtype=torch.int8, device=mask.device)
-    other = torch.full_like(own, PARTNER_KEPT)
-    return torch.where(mask == partner, torch.zeros_like(own), torch.where(mask, own, other))
+    return regions_from_mask(mask, perm.to(mask.device, torch.int64))
 
 
 def _to_rgb_uint8(img: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -52,19 +52,23 @@ def build_saliency_kernels(acc: str, grid: int) -> None:
     )  # fmt: skip
 
 
-def build_blend_kernels(dtype: str, layout: int) -> None:
+def build_blend_kernels(dtype: str, layout: int, from_mask: bool) -> None:
+    """R-Mix's blend reads a 4x4 top mask; the region blend a pixel-exact 224x224 code map (the lam_eff
+    count then loops over cells) with 64-bit codes."""
     CD = tl.float64 if dtype == "fp64" else tl.float32
-    shape = {"C": 3, "H": 224, "W": 224, "P": 4, "CELL_H": 56, "CELL_W": 56, "LAYOUT": layout, "BLOCK": 1024, "CD": CD}
+    grid = {"GH": 4, "GW": 4} if from_mask else {"GH": 224, "GW": 224}
+    codes = "*i8" if from_mask else "*i64"
+    shape = {"C": 3, "H": 224, "W": 224, **grid, "LAYOUT": layout, "FROM_MASK": from_mask, "BLOCK": 1024, "CD": CD}
     build(
         K.blend_kernel,
-        {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "mask_ptr": "*i8", "perm_ptr": "*i64", "lam_ptr": "*fp32",
+        {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "code_ptr": codes, "perm_ptr": "*i64", "lam_ptr": "*fp32",
          "lam_eff_ptr": "*fp32"},
         ["sx_b", "sx_c", "sx_h", "sx_w", "so_b", "so_c", "so_h", "so_w"],
-        {**shape, "BLOCK_N": 16},
+        {**shape, "BLOCK_N": 16 if from_mask else 4096},
     )  # fmt: skip
     build(
         K.blend_backward_kernel,
-        {"go_ptr": f"*{dtype}", "gx_ptr": f"*{dtype}", "mask_ptr": "*i8", "perm_ptr": "*i64", "src_ptr": "*i64",
+        {"go_ptr": f"*{dtype}", "gx_ptr": f"*{dtype}", "code_ptr": codes, "perm_ptr": "*i64", "src_ptr": "*i64",
          "lam_ptr": "*fp32"},
         ["sg_b", "sg_c", "sg_h", "sg_w", "so_b", "so_c", "so_h", "so_w"],
         shape,
@@ -77,7 +81,8 @@ def main() -> int:
             build_saliency_kernels(acc, grid)
     for dtype in ("fp32", "bf16", "fp16", "fp64"):
         for layout in (K.LAYOUT_NCHW, K.LAYOUT_NHWC, K.LAYOUT_STRIDED):
-            build_blend_kernels(dtype, layout)
+            for from_mask in (True, False):
+                build_blend_kernels(dtype, layout, from_mask)
     print(f"built {len(BUILT)} kernels for sm_90 with triton {triton.__version__}")
     return 0
 

@@ -1,16 +1,18 @@
-// CUDA kernels of the compiled R-Mix op (backend "cpp" on CUDA tensors).
+// CUDA kernels of the compiled ops (backend "cpp" on CUDA tensors).
 //
-// Forward, four launches on the current stream, no float atomics (bit-identical run to run), no sync:
+// R-Mix forward, five launches on the current stream, no float atomics (bit-identical run to run), no sync:
 //   1. cell_saliency_kernel  one block per (sample, cell row, band of rows): reads its band of `grad`
 //                            once, s = sqrt(mean_c g^2) per pixel in accumulate_type(grad), and writes the
 //                            band's per-cell sums of s in float64, reduced in a fixed order.
 //   2. threshold_kernel      one block per sample: sums the band partials in a fixed order, cell mean,
 //                            exact q-quantile by rank counting (O(n^2) over n = p*p <= 4096 cells in
 //                            shared memory, no sort), torch.lerp's interpolation, and writes the mask.
-//   3. lam_eff_kernel        one block per sample: counts agreeing / own-only cells (integer), lam_eff.
-//   4. blend_kernel          one thread per element of `mixed` (grid-stride): selects or lerps x[b] and
-//                            x[perm[b]] through the two masks, reading a source only where it is used.
-// Backward: inverse_perm_kernel (src[perm[b]] = b) and blend_backward_kernel.
+//   3. regions_kernel        one thread per cell: R-Mix's region code from the masks of b and perm[b].
+//   4. lam_eff_kernel        one block per sample: counts blended / own cells (integer), lam_eff.
+//   5. blend_kernel          one thread per element of `mixed` (grid-stride): selects or lerps x[b] and
+//                            x[perm[b]] as the cell's code says, reading a source only where it is used.
+// blend_regions_cpp runs 4-5 on the caller's codes, over any gh x gw grid. Backward of both ops:
+// inverse_perm_kernel (src[perm[b]] = b) and blend_backward_kernel (for R-Mix after regions_kernel).
 //
 // Every tensor is addressed through its own strides. The element walk of the blend kernels follows
 // the output's memory format (NCHW or NHWC order), so dense layouts are coalesced.
@@ -122,33 +124,35 @@ struct Strides {
 
 Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-// How a flat index over all B*C*H*W elements maps to (b, c, h, w) and the pixel's cell.
+// How a flat index over all B*C*H*W elements maps to (b, c, h, w) and the pixel's cell of a gh x gw grid.
 // NCHW order: w fastest, then h, c, b. NHWC order: c fastest, then w, h, b.
 template <typename I>
 struct ElementWalk {
   I total;
   Divider<I> d0, d1, d2;      // the three innermost extents, fastest first
-  Divider<I> cell_h, cell_w;  // H / p and W / p
-  int64_t p;
+  Divider<I> cell_h, cell_w;  // H / gh and W / gw
+  int64_t gw;
+  int64_t cells;  // gh * gw: region codes per sample
   bool nhwc;
 };
 
 template <typename I>
-ElementWalk<I> make_walk(int64_t B, int64_t C, int64_t H, int64_t W, int64_t p, bool nhwc) {
+ElementWalk<I> make_walk(int64_t B, int64_t C, int64_t H, int64_t W, int64_t gh, int64_t gw, bool nhwc) {
   ElementWalk<I> walk;
   walk.total = static_cast<I>(B * C * H * W);
   walk.d0 = Divider<I>::make(nhwc ? C : W);
   walk.d1 = Divider<I>::make(nhwc ? W : H);
   walk.d2 = Divider<I>::make(nhwc ? H : C);
-  walk.cell_h = Divider<I>::make(H / p);
-  walk.cell_w = Divider<I>::make(W / p);
-  walk.p = p;
+  walk.cell_h = Divider<I>::make(H / gh);
+  walk.cell_w = Divider<I>::make(W / gw);
+  walk.gw = gw;
+  walk.cells = gh * gw;
   walk.nhwc = nhwc;
   return walk;
 }
 
 struct Element {
-  int64_t b, c, h, w, cell;  // cell: i * p + j within the sample
+  int64_t b, c, h, w, cell;  // cell: i * gw + j within the sample
 };
 
 template <typename I>
@@ -166,7 +170,7 @@ __device__ __forceinline__ Element locate(I e, const ElementWalk<I>& walk) {
   el.c = static_cast<int64_t>(walk.nhwc ? r0 : r2);
   el.h = static_cast<int64_t>(h);
   el.w = static_cast<int64_t>(w);
-  el.cell = static_cast<int64_t>(walk.cell_h.div(h)) * walk.p + static_cast<int64_t>(walk.cell_w.div(w));
+  el.cell = static_cast<int64_t>(walk.cell_h.div(h)) * walk.gw + static_cast<int64_t>(walk.cell_w.div(w));
   return el;
 }
 
@@ -332,54 +336,62 @@ __global__ void __launch_bounds__(kThresholdMaxThreads)
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 3. lam_eff[b] = (n_inter * lam[b] + n_own) / n in float64, rounded to float32. One block per sample.
+// 3. R-Mix's region codes from the top mask, one thread per cell (grid-stride).
+__global__ void __launch_bounds__(kElementThreads)
+    regions_kernel(const bool* __restrict__ mask, const int64_t* __restrict__ perm, uint8_t* __restrict__ regions,
+                   int64_t n, int64_t total) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int64_t b = idx / n;
+    regions[idx] = region_of(mask[idx], mask[perm[b] * n + (idx - b * n)]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 4. lam_eff[b] = (n_blend * lam[b] + n_own) / n in float64, rounded to float32. One block per sample.
 template <typename T>
 __global__ void __launch_bounds__(kCountThreads)
-    lam_eff_kernel(const bool* __restrict__ mask, const int64_t* __restrict__ perm, const T* __restrict__ lam,
-                   float* __restrict__ lam_eff, int64_t n) {
+    lam_eff_kernel(const uint8_t* __restrict__ regions, const T* __restrict__ lam, float* __restrict__ lam_eff,
+                   int64_t n) {
   const int64_t b = blockIdx.x;
-  const int64_t partner = perm[b];
-  int n_inter = 0;
-  int n_own = 0;
+  const uint8_t* codes = regions + b * n;
+  int64_t n_blend = 0;
+  int64_t n_own = 0;
   for (int64_t base = 0; base < n; base += blockDim.x) {  // block-uniform loop around the barriers
     const int64_t idx = base + threadIdx.x;
-    const bool in = idx < n;
-    const bool ma = in && mask[b * n + idx];
-    const bool mb = in && mask[partner * n + idx];
-    n_inter += __syncthreads_count(in && ma == mb);
-    n_own += __syncthreads_count(ma && !mb);
+    const int code = idx < n ? codes[idx] : kPartner;
+    n_blend += __syncthreads_count(code == kBlend);
+    n_own += __syncthreads_count(code == kOwn);
   }
   if (threadIdx.x == 0) {
-    const double weighted = __dmul_rn(static_cast<double>(n_inter), static_cast<double>(lam[b]));
+    const double weighted = __dmul_rn(static_cast<double>(n_blend), static_cast<double>(lam[b]));
     const double own = __dadd_rn(weighted, static_cast<double>(n_own));
     lam_eff[b] = static_cast<float>(__ddiv_rn(own, static_cast<double>(n)));
   }
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 4. Blend. Copies are selects of the stored value (bit-exact, never multiplied); blends are
-// lerp(x[perm[b]], x[b], lam[b]) in T, rounded to nearest into scalar_t.
+// 5. Blend. Copies are selects of the stored value (bit-exact, never multiplied); blends are
+// lerp(x[perm[b]], x[b], lam[b]) in T, rounded to nearest into scalar_t. Codes other than kBlend and
+// kOwn take the partner.
 template <typename scalar_t, typename T, typename I>
 __global__ void __launch_bounds__(kElementThreads)
-    blend_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, const bool* __restrict__ mask,
+    blend_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, const uint8_t* __restrict__ regions,
                  const int64_t* __restrict__ perm, const T* __restrict__ lam, Strides sx, Strides so,
                  ElementWalk<I> walk) {
-  const int64_t n = walk.p * walk.p;
   const I step = static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x);
   for (I e = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) + static_cast<I>(threadIdx.x); e < walk.total;
        e += step) {
     const Element el = locate(e, walk);
-    const int64_t partner = perm[el.b];
-    const bool top_a = mask[el.b * n + el.cell];
-    const bool top_b = mask[partner * n + el.cell];
+    const int code = regions[el.b * walk.cells + el.cell];
     const int64_t in_off = offset_of(sx, 0, el);
+    const scalar_t* own = x + el.b * sx.b + in_off;
+    const scalar_t* partner = x + perm[el.b] * sx.b + in_off;
     scalar_t result;
-    if (top_a == top_b) {
-      const T a = static_cast<T>(x[el.b * sx.b + in_off]);
-      const T o = static_cast<T>(x[partner * sx.b + in_off]);
-      result = static_cast<scalar_t>(lerp_rn(o, a, lam[el.b]));
+    if (code == kBlend) {
+      result = static_cast<scalar_t>(lerp_rn(static_cast<T>(*partner), static_cast<T>(*own), lam[el.b]));
     } else {
-      result = top_a ? x[el.b * sx.b + in_off] : x[partner * sx.b + in_off];
+      result = code == kOwn ? *own : *partner;
     }
     out[offset_of(so, el.b, el)] = result;
   }
@@ -395,34 +407,32 @@ __global__ void inverse_perm_kernel(const int64_t* __restrict__ perm, int64_t* _
   }
 }
 
-// grad_x[b] = own share of grad_out[b] + partner share of grad_out[s], where perm[s] == b.
+// grad_x[b] = own share of grad_out[b] + partner share of grad_out[s], where perm[s] == b. A zero share is
+// skipped, never multiplied (0 * inf).
 template <typename scalar_t, typename T, typename I>
 __global__ void __launch_bounds__(kElementThreads)
-    blend_backward_kernel(const scalar_t* __restrict__ go, scalar_t* __restrict__ gx, const bool* __restrict__ mask,
-                          const int64_t* __restrict__ perm, const int64_t* __restrict__ src,
+    blend_backward_kernel(const scalar_t* __restrict__ go, scalar_t* __restrict__ gx,
+                          const uint8_t* __restrict__ regions, const int64_t* __restrict__ src,
                           const T* __restrict__ lam, Strides sg, Strides so, ElementWalk<I> walk) {
   using A = Arith<T>;
-  const int64_t n = walk.p * walk.p;
   const I step = static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x);
   for (I e = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) + static_cast<I>(threadIdx.x); e < walk.total;
        e += step) {
     const Element el = locate(e, walk);
-    const int64_t partner = perm[el.b];
     const int64_t s = src[el.b];
-    const bool top = mask[el.b * n + el.cell];
-    const bool inter = top == mask[partner * n + el.cell];
-    const bool inter_s = mask[s * n + el.cell] == top;  // perm[s] == b
+    const int code = regions[el.b * walk.cells + el.cell];
+    const int code_s = regions[s * walk.cells + el.cell];
     const int64_t in_off = offset_of(sg, 0, el);
     T own = T(0);
-    if (inter) {
+    if (code == kBlend) {
       own = A::mul(lam[el.b], static_cast<T>(go[el.b * sg.b + in_off]));
-    } else if (top) {
+    } else if (code == kOwn) {
       own = static_cast<T>(go[el.b * sg.b + in_off]);
     }
     T via = T(0);
-    if (inter_s) {
+    if (code_s == kBlend) {
       via = A::mul(A::sub(T(1), lam[s]), static_cast<T>(go[s * sg.b + in_off]));
-    } else if (top) {
+    } else if (code_s != kOwn) {  // s takes its partner, b
       via = static_cast<T>(go[s * sg.b + in_off]);
     }
     gx[offset_of(so, el.b, el)] = static_cast<scalar_t>(A::add(own, via));
@@ -444,21 +454,19 @@ int64_t element_blocks(int64_t total) {
 
 bool fits_32bit(int64_t total) { return total <= std::numeric_limits<int32_t>::max(); }
 
-void forward_cuda(const ForwardArgs& args, ForwardOutputs& out) {
-  TORCH_CHECK_VALUE(args.grid <= kMaxGrid, "backend 'cpp' on CUDA supports grid <= ", kMaxGrid,
-                    ", got grid=", args.grid, "; use 'reference'");
-  const at::Tensor& x = args.x;
-  const at::Tensor& grad = args.grad;
-  const c10::cuda::CUDAGuard guard(x.device());
+// R-Mix steps 1-2 (cell saliency partial sums) and 3 (threshold and mask; q is in accumulate_type(grad)).
+void mask_cuda(const at::Tensor& grad, const at::Tensor& q, int64_t grid, at::Tensor& mask) {
+  TORCH_CHECK_VALUE(grid <= kMaxGrid, "backend 'cpp' on CUDA supports grid <= ", kMaxGrid, ", got grid=", grid,
+                    "; use 'reference'");
+  const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t p = args.grid;
+  const int64_t B = grad.size(0), C = grad.size(1), H = grad.size(2), W = grad.size(3);
+  const int64_t p = grid;
   const int64_t n = p * p;
   const int64_t ch = H / p, cw = W / p;
   TORCH_INTERNAL_ASSERT(B >= 1 && n <= kMaxCells);
 
-  // 1. per-cell saliency partial sums
   const bool empty = C == 0 || H == 0 || W == 0;  // no saliency at all: every cell is top
   int tile_w = 32;
   while (tile_w < W && tile_w < kSalThreads) tile_w *= 2;
@@ -482,49 +490,67 @@ void forward_cuda(const ForwardArgs& args, ForwardOutputs& out) {
     });
   }
 
-  // 2. threshold and mask (q is in accumulate_type(grad))
   const int threads = static_cast<int>(std::min<int64_t>(kThresholdMaxThreads, ceil_div(n, 32) * 32));
   TORCH_INTERNAL_ASSERT(static_cast<int64_t>(threads) * kThresholdItems >= n);
-  AT_DISPATCH_FLOATING_TYPES(args.q.scalar_type(), "rmix_cuda_threshold", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "rmix_cuda_threshold", [&] {
     threshold_kernel<scalar_t><<<static_cast<unsigned int>(B), threads, 0, stream>>>(
-        partials.const_data_ptr<double>(), args.q.const_data_ptr<scalar_t>(), out.mask.mutable_data_ptr<bool>(), p,
-        splits, static_cast<double>(ch * cw), empty);
+        partials.const_data_ptr<double>(), q.const_data_ptr<scalar_t>(), mask.mutable_data_ptr<bool>(), p, splits,
+        static_cast<double>(ch * cw), empty);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
 
-  // 3. lam_eff (from the caller's lam in float64, as the reference), 4. blend (lam in accumulate_type(x))
+void regions_from_mask_cuda(const at::Tensor& mask, const at::Tensor& perm, at::Tensor& regions) {
+  const c10::cuda::CUDAGuard guard(mask.device());
+  const int64_t n = mask.size(1) * mask.size(2);
+  const int64_t total = mask.size(0) * n;
+  regions_kernel<<<static_cast<unsigned int>(element_blocks(total)), kElementThreads, 0,
+                   c10::cuda::getCurrentCUDAStream()>>>(mask.const_data_ptr<bool>(), perm.const_data_ptr<int64_t>(),
+                                                        regions.mutable_data_ptr<uint8_t>(), n, total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// lam_eff from the caller's lam in float64 (as the reference); the blend with lam in accumulate_type(x).
+void blend_cuda(const BlendArgs& args, BlendOutputs& out) {
+  const at::Tensor& x = args.x;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t gh = args.regions.size(1), gw = args.regions.size(2);
+  lam_eff_kernel<double><<<static_cast<unsigned int>(B), kCountThreads, 0, stream>>>(
+      args.regions.const_data_ptr<uint8_t>(), args.lam_label.const_data_ptr<double>(),
+      out.lam_eff.mutable_data_ptr<float>(), gh * gw);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
   const int64_t total = B * C * H * W;
+  if (total == 0) return;
   const bool nhwc = nhwc_order(out.mixed);
+  const auto blocks = static_cast<unsigned int>(element_blocks(total));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rmix_cuda_blend", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    lam_eff_kernel<double><<<static_cast<unsigned int>(B), kCountThreads, 0, stream>>>(
-        out.mask.const_data_ptr<bool>(), args.perm.const_data_ptr<int64_t>(), args.lam_label.const_data_ptr<double>(),
-        out.lam_eff.mutable_data_ptr<float>(), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (total == 0) return;
-    const auto blocks = static_cast<unsigned int>(element_blocks(total));
     if (fits_32bit(total)) {
       blend_kernel<scalar_t, acc_t, uint32_t><<<blocks, kElementThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.mixed.mutable_data_ptr<scalar_t>(), out.mask.const_data_ptr<bool>(),
+          x.const_data_ptr<scalar_t>(), out.mixed.mutable_data_ptr<scalar_t>(), args.regions.const_data_ptr<uint8_t>(),
           args.perm.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(), strides_of(x),
-          strides_of(out.mixed), make_walk<uint32_t>(B, C, H, W, p, nhwc));
+          strides_of(out.mixed), make_walk<uint32_t>(B, C, H, W, gh, gw, nhwc));
     } else {
       blend_kernel<scalar_t, acc_t, int64_t><<<blocks, kElementThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), out.mixed.mutable_data_ptr<scalar_t>(), out.mask.const_data_ptr<bool>(),
+          x.const_data_ptr<scalar_t>(), out.mixed.mutable_data_ptr<scalar_t>(), args.regions.const_data_ptr<uint8_t>(),
           args.perm.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(), strides_of(x),
-          strides_of(out.mixed), make_walk<int64_t>(B, C, H, W, p, nhwc));
+          strides_of(out.mixed), make_walk<int64_t>(B, C, H, W, gh, gw, nhwc));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void backward_cuda(const BackwardArgs& args, at::Tensor& grad_x) {
+void blend_backward_cuda(const BackwardArgs& args, at::Tensor& grad_x) {
   const at::Tensor& go = args.grad_out;
   const c10::cuda::CUDAGuard guard(go.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   const int64_t B = go.size(0), C = go.size(1), H = go.size(2), W = go.size(3);
-  const int64_t p = args.mask.size(1);
+  const int64_t gh = args.regions.size(1), gw = args.regions.size(2);
   const int64_t total = B * C * H * W;
   if (total == 0) return;
 
@@ -539,30 +565,23 @@ void backward_cuda(const BackwardArgs& args, at::Tensor& grad_x) {
     using acc_t = at::opmath_type<scalar_t>;
     if (fits_32bit(total)) {
       blend_backward_kernel<scalar_t, acc_t, uint32_t><<<blocks, kElementThreads, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), args.mask.const_data_ptr<bool>(),
-          args.perm.const_data_ptr<int64_t>(), src.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(),
-          strides_of(go), strides_of(grad_x), make_walk<uint32_t>(B, C, H, W, p, nhwc));
+          go.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), args.regions.const_data_ptr<uint8_t>(),
+          src.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(), strides_of(go), strides_of(grad_x),
+          make_walk<uint32_t>(B, C, H, W, gh, gw, nhwc));
     } else {
       blend_backward_kernel<scalar_t, acc_t, int64_t><<<blocks, kElementThreads, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), args.mask.const_data_ptr<bool>(),
-          args.perm.const_data_ptr<int64_t>(), src.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(),
-          strides_of(go), strides_of(grad_x), make_walk<int64_t>(B, C, H, W, p, nhwc));
+          go.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), args.regions.const_data_ptr<uint8_t>(),
+          src.const_data_ptr<int64_t>(), args.lam.const_data_ptr<acc_t>(), strides_of(go), strides_of(grad_x),
+          make_walk<int64_t>(B, C, H, W, gh, gw, nhwc));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
+constexpr DeviceKernels kCudaKernels{&mask_cuda, &regions_from_mask_cuda, &blend_cuda, &blend_backward_cuda};
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rmix_fast, CUDA, m) {
-  m.impl("rmix_cpp", [](const at::Tensor& x, const at::Tensor& grad, const at::Tensor& perm, const at::Tensor& lam,
-                        const at::Tensor& q, int64_t grid, bool validate) {
-    return run_forward(x, grad, perm, lam, q, grid, validate, &forward_cuda);
-  });
-  m.impl("rmix_cpp_backward",
-         [](const at::Tensor& grad_out, const at::Tensor& mask, const at::Tensor& perm, const at::Tensor& lam) {
-           return run_backward(grad_out, mask, perm, lam, &backward_cuda);
-         });
-}
+TORCH_LIBRARY_IMPL(rmix_fast, CUDA, m) { register_kernels<kCudaKernels>(m); }
 
 }  // namespace rmix_fast

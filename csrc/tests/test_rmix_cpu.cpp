@@ -1,5 +1,5 @@
-// ctest executable: the CPU kernel of rmix_fast::rmix_cpp on cases small enough to work out by hand,
-// called through the dispatcher exactly as Python calls it. Exit code 0 when every check passes.
+// ctest executable: the CPU kernels of rmix_fast::rmix_cpp and rmix_fast::blend_regions_cpp on cases small
+// enough to work out by hand, called through the dispatcher exactly as Python calls them. Exit code 0 when every check passes.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
@@ -17,6 +17,8 @@ using Forward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&
                                                                const at::Tensor&, const at::Tensor&,
                                                                const at::Tensor&, int64_t, bool);
 using Backward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using RegionsForward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, bool);
 
 int failures = 0;
 
@@ -53,12 +55,14 @@ at::Tensor bools(std::initializer_list<int> v, at::IntArrayRef shape) {
 }
 
 void run_checks();
+void run_region_checks();
 
 }  // namespace
 
 int main() {
   try {
     run_checks();
+    run_region_checks();
   } catch (const std::exception& e) {
     check(false, std::string("unexpected exception: ") + e.what());
   }
@@ -137,6 +141,55 @@ void run_checks() {
   expect_error<c10::TypeError>([&] { forward.call(x.to(at::kInt), grad, perm, half, half, 2, true); },
                                "x must be float16, bfloat16, float32 or float64", "integer images are rejected");
 
+}
+
+// blend_regions_cpp: the caller's codes per cell (0 blend, 1 own, 2 partner) on a grid that may be
+// coarser than the pixels and non-square.
+void run_region_checks() {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  auto forward = dispatcher.findSchemaOrThrow("rmix_fast::blend_regions_cpp", "").typed<RegionsForward>();
+  auto backward = dispatcher.findSchemaOrThrow("rmix_fast::blend_regions_cpp_backward", "").typed<Backward>();
+
+  const at::Tensor x = images({10, 20, 30, 40}, {1, 2, 3, 4});
+  const at::Tensor perm = at::tensor(std::vector<int64_t>{1, 0});
+  const at::Tensor lam = at::full({2}, 0.25);
+  {  // a 1x2 grid: sample 0 keeps its left column and takes its partner's right one; sample 1 blends its left
+    const at::Tensor regions = at::tensor(std::vector<uint8_t>{1, 2, 0, 1}).view({2, 1, 2});
+    auto [mixed, lam_eff] = forward.call(x, regions, perm, lam, true);
+    check(same(mixed, images({10, 2, 30, 4}, {7.75, 2, 23.25, 4})), "codes pick own, partner or the blend per cell");
+    check(same(lam_eff, at::tensor(std::vector<float>{0.5, 0.625})), "lam_eff = (blended*lam + own) / cells");
+    // grad_x[0] = own (left, 1) + via sample 1 (left blends: 0.75*2); grad_x[1] = own (left 0.25*2, right 2)
+    // + via sample 0 (right takes its partner: 1)
+    const at::Tensor go = images({1, 1, 1, 1}, {2, 2, 2, 2});
+    check(same(backward.call(go, regions, perm, lam), images({2.5, 0, 2.5, 0}, {0.5, 3, 0.5, 3})),
+          "backward routes each cell's gradient by its code");
+  }
+  {  // one cell for the whole image: a plain mixup; the same bits as R-Mix with every cell top
+    const at::Tensor regions = at::zeros({2, 1, 1}, at::kByte);
+    auto [mixed, lam_eff] = forward.call(x, regions, perm, lam, true);
+    check(same(mixed, images({3.25, 6.5, 9.75, 13}, {7.75, 15.5, 23.25, 31})), "a 1x1 blend region is mixup");
+    check(same(lam_eff, lam.to(at::kFloat)), "mixup's lam_eff is lam");
+  }
+  {  // int64 codes are accepted; any layout gives the same bits
+    at::manual_seed(1);
+    const at::Tensor xr = at::randn({3, 2, 6, 8});
+    const at::Tensor p3 = at::tensor(std::vector<int64_t>{2, 0, 1}), l3 = at::rand({3});
+    const at::Tensor codes = at::randint(0, 3, {3, 3, 4}, at::kLong);
+    auto ref = forward.call(xr, codes.to(at::kByte), p3, l3, true);
+    auto wide = forward.call(xr, codes, p3, l3, true);
+    auto cl = forward.call(xr.contiguous(at::MemoryFormat::ChannelsLast), codes, p3, l3, true);
+    check(same(std::get<0>(wide), std::get<0>(ref)), "int64 codes = uint8 codes");
+    check(same(std::get<0>(cl), std::get<0>(ref)), "channels_last = NCHW for regions");
+  }
+  const at::Tensor ok = at::zeros({2, 1, 2}, at::kByte);
+  expect_error<c10::ValueError>([&] { forward.call(x, at::full({2, 1, 2}, 3, at::kByte), perm, lam, true); },
+                                "regions must hold only 0 (blend), 1 (own) and 2 (partner)", "code 3 is rejected");
+  expect_error<c10::ValueError>([&] { forward.call(x, at::zeros({2, 3, 1}, at::kByte), perm, lam, true); },
+                                "regions must have shape (B, gh, gw)", "a grid that does not divide H is rejected");
+  expect_error<c10::TypeError>([&] { forward.call(x, ok.to(at::kFloat), perm, lam, true); },
+                               "regions must be an integer tensor", "float codes are rejected");
+  expect_error<c10::ValueError>([&] { forward.call(x, ok, at::tensor(std::vector<int64_t>{0, 5}), lam, false); },
+                                "perm must hold indices in [0, 1]", "an out-of-range index is caught without validate");
 }
 
 }  // namespace

@@ -10,7 +10,9 @@ Every step is vectorised over the batch and follows the normative semantics in t
    else ``x`` where ``m``, else ``x[perm]``
 5. ``lam_eff[b] = (count(inter[b]) * lam[b] + count(m[b] & ~m[perm[b]])) / p**2``
 
-Saliency runs in float32 (float64 for float64 grads); the blend in float32 (float64 for float64 images).
+Steps 4-5 go through the region blend (``blend_regions``): the mask and perm become per-cell codes
+(``BLEND``, ``OWN``, ``PARTNER``), the same engine Mixup (all ``BLEND``) and CutMix (a ``PARTNER`` box)
+use. Saliency runs in float32 (float64 for float64 grads); the blend in float32 (float64 for float64 images).
 """
 
 from __future__ import annotations
@@ -19,17 +21,27 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "BLEND",
+    "OWN",
+    "PARTNER",
     "accumulate_dtype",
     "blend",
     "blend_backward",
+    "blend_regions",
+    "blend_regions_backward",
     "cell_saliency",
     "label_weight",
     "lerp",
     "percentile_threshold",
+    "region_label_weight",
+    "regions_from_mask",
     "rmix_backward",
     "rmix_forward",
     "saliency_mask",
 ]
+
+# Region codes: what one cell of mixed[b] is made of.
+BLEND, OWN, PARTNER = 0, 1, 2
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -83,60 +95,87 @@ def lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
 
 
 def _to_pixels(cells: Tensor, H: int, W: int) -> Tensor:
-    """(B, p, p) -> (B, 1, H, W) by replicating each cell over its (H/p) x (W/p) pixels."""
-    p = cells.shape[1]
-    return cells.repeat_interleave(H // p, dim=1).repeat_interleave(W // p, dim=2).unsqueeze(1)
+    """(B, gh, gw) -> (B, 1, H, W) by replicating each cell over its (H/gh) x (W/gw) pixels."""
+    gh, gw = cells.shape[1:]
+    return cells.repeat_interleave(H // gh, dim=1).repeat_interleave(W // gw, dim=2).unsqueeze(1)
 
 
-def label_weight(mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
-    """(B,) float32 weight of each sample's own label (step 5), computed in float64 then rounded."""
-    partner = mask[perm]
-    n_inter = (mask == partner).flatten(1).sum(dim=1, dtype=torch.float64)
-    n_own = (mask & ~partner).flatten(1).sum(dim=1, dtype=torch.float64)
-    cells = mask[0].numel()
-    return ((n_inter * lam.to(torch.float64) + n_own) / cells).to(torch.float32)
+def regions_from_mask(mask: Tensor, perm: Tensor) -> Tensor:
+    """(B, p, p) top mask -> (B, p, p) int8 region codes of R-Mix (step 4): ``BLEND`` where a sample and
+    its partner ``perm[b]`` agree, ``OWN`` where only the sample is top, ``PARTNER`` where only the partner is."""
+    partner = mask.index_select(0, perm.long())
+    own = torch.full(mask.shape, OWN, dtype=torch.int8, device=mask.device)
+    other = torch.full_like(own, PARTNER)
+    return torch.where(mask == partner, torch.full_like(own, BLEND), torch.where(mask, own, other))
 
 
-def blend(x: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
-    """Mix ``x`` with ``x[perm]`` under a given (B, p, p) mask (steps 4-5) -> (mixed, lam_eff).
+def region_label_weight(regions: Tensor, lam: Tensor) -> Tensor:
+    """(B,) float32 weight of each sample's own label: (blended cells * lam + own cells) / cells (step 5),
+    computed in float64 then rounded."""
+    flat = regions.flatten(1)
+    n_blend = (flat == BLEND).sum(dim=1, dtype=torch.float64)
+    n_own = (flat == OWN).sum(dim=1, dtype=torch.float64)
+    return ((n_blend * lam.to(torch.float64) + n_own) / flat.shape[1]).to(torch.float32)
 
-    Copies are selected, not multiplied, so a copied pixel is bit-exact even if the other image holds inf/NaN.
+
+def blend_regions(x: Tensor, regions: Tensor, perm: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """Mix ``x`` with ``x[perm]`` cell by cell as ``regions`` (B, gh, gw) says -> (mixed, lam_eff).
+
+    ``BLEND`` (0): ``lerp(x[perm], x, lam)``; ``OWN`` (1): x; any other code: ``x[perm]``. Copies are
+    selected, not multiplied, so a copied pixel is bit-exact even if the other image holds inf/NaN.
+    This is the one blend of the package: R-Mix, Mixup and CutMix all end here.
     """
     H, W = x.shape[-2:]
     cd = accumulate_dtype(x.dtype)
-    partner_mask = mask[perm]
-    inter = _to_pixels(mask == partner_mask, H, W)
-    own_top = _to_pixels(mask, H, W)
+    blended = _to_pixels(regions == BLEND, H, W)
+    own = _to_pixels(regions == OWN, H, W)
     xa = x.to(cd)
-    xb = x.index_select(0, perm).to(cd)
+    xb = x.index_select(0, perm.long()).to(cd)
     lam_px = lam.to(cd).view(-1, 1, 1, 1)
-    mixed = torch.where(inter, lerp(xb, xa, lam_px), torch.where(own_top, xa, xb))
+    mixed = torch.where(blended, lerp(xb, xa, lam_px), torch.where(own, xa, xb))
     out = torch.empty_like(x)  # keeps x's memory format
     out.copy_(mixed)
-    return out, label_weight(mask, perm, lam)
+    return out, region_label_weight(regions, lam)
 
 
-def blend_backward(grad_out: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
-    """Gradient of ``blend`` w.r.t. x, with the forward's select semantics (a copy passes grad_out through,
-    the unselected image gets exactly 0, never 0*inf).
+def blend_regions_backward(grad_out: Tensor, regions: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    """Gradient of ``blend_regions`` w.r.t. x, with the forward's select semantics (a copy passes grad_out
+    through, the unselected image gets exactly 0, never 0*inf).
 
-    x[b] feeds mixed[b] (as "own") and mixed[src[b]] with perm[src[b]] == b (as "partner").
+    x[b] feeds mixed[b] (as "own") and mixed[s] with perm[s] == b (as "partner").
     """
     H, W = grad_out.shape[-2:]
     cd = accumulate_dtype(grad_out.dtype)
-    src = torch.argsort(perm)  # inverse permutation
-    inter = _to_pixels(mask == mask[perm], H, W)
-    top = _to_pixels(mask, H, W)
+    src = torch.argsort(perm.long())  # inverse permutation
+    blended = _to_pixels(regions == BLEND, H, W)
+    own = _to_pixels(regions == OWN, H, W)
+    taken = ~(blended | own)  # cells where a sample takes its partner's pixels
     go = grad_out.to(cd)
     lam_px = lam.to(cd).view(-1, 1, 1, 1)
     zero = torch.zeros((), dtype=cd, device=go.device)
-    own = torch.where(inter, lam_px * go, torch.where(top, go, zero))
-    # In mixed[src[b]], x[b] is the partner: blended where that sample agrees with b, copied where only b is top.
-    go_s, lam_s, inter_s = go.index_select(0, src), lam_px.index_select(0, src), inter.index_select(0, src)
-    via = torch.where(inter_s, (1 - lam_s) * go_s, torch.where(top, go_s, zero))
+    own_term = torch.where(blended, lam_px * go, torch.where(own, go, zero))
+    go_s, lam_s = go.index_select(0, src), lam_px.index_select(0, src)
+    via = torch.where(
+        blended.index_select(0, src), (1 - lam_s) * go_s, torch.where(taken.index_select(0, src), go_s, zero)
+    )
     out = torch.empty_like(grad_out)
-    out.copy_(own + via)
+    out.copy_(own_term + via)
     return out
+
+
+def label_weight(mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    """(B,) float32 weight of each sample's own label under an R-Mix top mask (step 5)."""
+    return region_label_weight(regions_from_mask(mask, perm), lam)
+
+
+def blend(x: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """Mix ``x`` with ``x[perm]`` under a given (B, p, p) top mask (steps 4-5) -> (mixed, lam_eff)."""
+    return blend_regions(x, regions_from_mask(mask, perm), perm, lam)
+
+
+def blend_backward(grad_out: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    """Gradient of ``blend`` w.r.t. x."""
+    return blend_regions_backward(grad_out, regions_from_mask(mask, perm), perm, lam)
 
 
 def rmix_forward(

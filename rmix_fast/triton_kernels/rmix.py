@@ -24,6 +24,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_GRID = 64
 
 _BLEND_BLOCK = 1024
+_COUNT_BLOCK = 4096  # cells counted per step for lam_eff
 _SALIENCY_TILE = 4096  # elements of one (rows x cols) grad tile
 _SALIENCY_ROWS_PER_PROGRAM = 16
 
@@ -77,38 +78,62 @@ def saliency_mask(grad: Tensor, q: Tensor, grid: int) -> Tensor:
     return mask
 
 
+def _blend(x: Tensor, codes: Tensor, perm: Tensor, lam: Tensor, gh: int, gw: int, from_mask: bool):
+    """One blend launch: (mixed, lam_eff). ``codes`` is R-Mix's (B, p*p) int8 top mask (``from_mask``)
+    or a (B, gh, gw) region code map."""
+    B, C, H, W = x.shape
+    mixed = torch.empty_like(x)  # preserves x's memory format
+    lam_eff = torch.empty(B, dtype=torch.float32, device=x.device)
+    K.blend_kernel[(triton.cdiv(C * H * W, _BLEND_BLOCK), B)](
+        x, mixed, codes, perm, lam, lam_eff, *x.stride(), *mixed.stride(),
+        C=C, H=H, W=W, GH=gh, GW=gw, LAYOUT=_layout(x, mixed), FROM_MASK=from_mask,
+        BLOCK=_BLEND_BLOCK, BLOCK_N=min(max(2, triton.next_power_of_2(gh * gw)), _COUNT_BLOCK),
+        CD=_TL_DTYPE[accumulate_dtype(x.dtype)],
+    )  # fmt: skip
+    return mixed, lam_eff
+
+
+def _blend_backward(grad_out: Tensor, codes: Tensor, perm: Tensor, lam: Tensor, gh: int, gw: int, from_mask: bool):
+    B, C, H, W = grad_out.shape
+    src = torch.argsort(perm)  # src[b]: the sample that takes b as its partner
+    grad_x = torch.empty_like(grad_out)
+    K.blend_backward_kernel[(triton.cdiv(C * H * W, _BLEND_BLOCK), B)](
+        grad_out, grad_x, codes, perm, src, lam, *grad_out.stride(), *grad_x.stride(),
+        C=C, H=H, W=W, GH=gh, GW=gw, LAYOUT=_layout(grad_out, grad_x), FROM_MASK=from_mask,
+        BLOCK=_BLEND_BLOCK, CD=_TL_DTYPE[accumulate_dtype(grad_out.dtype)],
+    )  # fmt: skip
+    return grad_x
+
+
 def rmix_forward(
     x: Tensor, grad: Tensor, perm: Tensor, lam: Tensor, q: Tensor, grid: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mixed, lam_eff (B,) float32, mask (B, p, p) bool). Three launches."""
-    B, C, H, W = x.shape
+    B = x.shape[0]
     p = grid
     perm = _index_tensor(perm)
     with _device_guard(x):
         mask = saliency_mask(grad, q, p)
-        mixed = torch.empty_like(x)  # preserves x's memory format
-        lam_eff = torch.empty(B, dtype=torch.float32, device=x.device)
-        numel = C * H * W
-        K.blend_kernel[(triton.cdiv(numel, _BLEND_BLOCK), B)](
-            x, mixed, mask, perm, lam, lam_eff, *x.stride(), *mixed.stride(),
-            C=C, H=H, W=W, P=p, CELL_H=H // p, CELL_W=W // p, LAYOUT=_layout(x, mixed),
-            BLOCK=_BLEND_BLOCK, BLOCK_N=max(2, triton.next_power_of_2(p * p)),
-            CD=_TL_DTYPE[accumulate_dtype(x.dtype)],
-        )  # fmt: skip
+        mixed, lam_eff = _blend(x, mask, perm, lam, p, p, from_mask=True)
     return mixed, lam_eff, mask.view(torch.bool).view(B, p, p)
 
 
 def rmix_backward(grad_out: Tensor, mask: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
     """Gradient w.r.t. x of ``rmix_forward``'s ``mixed``. One launch plus the inverse permutation."""
-    B, C, H, W = grad_out.shape
     p = mask.shape[-1]
-    perm = _index_tensor(perm)
     with _device_guard(grad_out):
-        src = torch.argsort(perm)  # src[b]: the sample that takes b as its partner
-        grad_x = torch.empty_like(grad_out)
-        K.blend_backward_kernel[(triton.cdiv(C * H * W, _BLEND_BLOCK), B)](
-            grad_out, grad_x, mask.view(torch.int8), perm, src, lam, *grad_out.stride(), *grad_x.stride(),
-            C=C, H=H, W=W, P=p, CELL_H=H // p, CELL_W=W // p, LAYOUT=_layout(grad_out, grad_x),
-            BLOCK=_BLEND_BLOCK, CD=_TL_DTYPE[accumulate_dtype(grad_out.dtype)],
-        )  # fmt: skip
-    return grad_x
+        return _blend_backward(grad_out, mask.view(torch.int8), _index_tensor(perm), lam, p, p, from_mask=True)
+
+
+def blend_regions_forward(x: Tensor, regions: Tensor, perm: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """(mixed, lam_eff) of the region blend. One launch; ``regions`` of any integer dtype is read as is."""
+    gh, gw = regions.shape[1:]
+    with _device_guard(x):
+        return _blend(x, regions.contiguous(), _index_tensor(perm), lam, gh, gw, from_mask=False)
+
+
+def blend_regions_backward(grad_out: Tensor, regions: Tensor, perm: Tensor, lam: Tensor) -> Tensor:
+    """Gradient w.r.t. x of ``blend_regions_forward``'s ``mixed``. One launch plus the inverse permutation."""
+    gh, gw = regions.shape[1:]
+    with _device_guard(grad_out):
+        return _blend_backward(grad_out, regions.contiguous(), _index_tensor(perm), lam, gh, gw, from_mask=False)

@@ -5,8 +5,11 @@
 2. ``cell_threshold_kernel``: grid (B,). Sums the partials in a fixed order (deterministic), finds
    the two order statistics around the q-quantile by rank counting (no sort), interpolates exactly
    as ``torch.quantile`` and writes the int8 "top" mask.
-3. ``blend_kernel``: grid (blocks, B). Mixes x[b] with x[perm[b]] through the two masks; a source
-   is only read where it is used. Program 0 of each sample also writes lam_eff.
+3. ``blend_kernel``: grid (blocks, B). Mixes x[b] with x[perm[b]] cell by cell; a source is only
+   read where it is used. Program 0 of each sample also writes lam_eff. The same kernel (and
+   ``blend_backward_kernel``) serves R-Mix, whose cell modes follow from the two top masks
+   (``FROM_MASK``), and the region blend behind Mixup and CutMix, which reads the modes from a
+   (B, gh, gw) code map (0 blend, 1 own, else partner) on a grid that need not be square.
 
 Element addressing (``LAYOUT``): when x and the output are both dense NCHW or both dense NHWC, a
 sample is walked in memory order (fully contiguous, vectorisable); otherwise through strides.
@@ -168,15 +171,34 @@ def _lerp(start, end, weight):
 
 
 @triton.jit
-def _cell_of(pix, W: tl.constexpr, P: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr):
-    return (pix // W // CELL_H) * P + (pix % W) // CELL_W
+def _cell_of(pix, W: tl.constexpr, GW: tl.constexpr, CELL_H: tl.constexpr, CELL_W: tl.constexpr):
+    return (pix // W // CELL_H) * GW + (pix % W) // CELL_W
+
+
+@triton.jit
+def _cell_modes(code_ptr, b, partner, cell, ok, N: tl.constexpr, FROM_MASK: tl.constexpr):
+    """(blend, own) flags of the cells ``cell`` of mixed[b]; where neither is set, b takes its partner's pixels.
+
+    FROM_MASK: ``code_ptr`` is R-Mix's (B, N) top mask and a cell's mode follows from b's and its partner's
+    flags. Otherwise it is a (B, N) region code map: 0 blend, 1 own, anything else partner.
+    """
+    if FROM_MASK:
+        top = tl.load(code_ptr + b * N + cell, mask=ok, other=0) != 0
+        top_partner = tl.load(code_ptr + partner * N + cell, mask=ok, other=0) != 0
+        blend = top == top_partner
+        own = top & (top != top_partner)
+    else:
+        code = tl.load(code_ptr + b * N + cell, mask=ok, other=0)
+        blend = code == 0
+        own = code == 1
+    return blend, own
 
 
 @triton.jit
 def blend_kernel(
     x_ptr,
     out_ptr,
-    mask_ptr,
+    code_ptr,
     perm_ptr,
     lam_ptr,
     lam_eff_ptr,
@@ -191,15 +213,17 @@ def blend_kernel(
     C: tl.constexpr,
     H: tl.constexpr,
     W: tl.constexpr,
-    P: tl.constexpr,
-    CELL_H: tl.constexpr,
-    CELL_W: tl.constexpr,
+    GH: tl.constexpr,
+    GW: tl.constexpr,
     LAYOUT: tl.constexpr,
+    FROM_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CD: tl.constexpr,
 ):
-    N: tl.constexpr = P * P
+    """mixed[b] cell by cell: blend lerp(x[perm[b]], x[b], lam[b]), keep x[b] or take x[perm[b]]; the first
+    program of each sample also writes lam_eff[b] = (blended cells * lam + own cells) / cells."""
+    N: tl.constexpr = GH * GW
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     partner = tl.load(perm_ptr + b).to(tl.int64)
@@ -207,31 +231,33 @@ def blend_kernel(
     idx = blk * BLOCK + tl.arange(0, BLOCK)
     ok = idx < C * H * W
     src, dst, pix = _locate(idx, sx_c, sx_h, sx_w, so_c, so_h, so_w, C, H, W, LAYOUT)
-    cell = _cell_of(pix, W, P, CELL_H, CELL_W)
-    top_a = tl.load(mask_ptr + b * N + cell, mask=ok, other=0) != 0
-    top_b = tl.load(mask_ptr + partner * N + cell, mask=ok, other=0) != 0
-    inter = top_a == top_b
+    cell = _cell_of(pix, W, GW, H // GH, W // GW)
+    blend, own = _cell_modes(code_ptr, b, partner, cell, ok, N, FROM_MASK)
     # read each source only where it contributes
-    xa = tl.load(x_ptr + b * sx_b + src, mask=ok & (inter | top_a), other=0.0).to(CD)
-    xb = tl.load(x_ptr + partner * sx_b + src, mask=ok & (inter | top_b), other=0.0).to(CD)
-    mixed = tl.where(inter, _lerp(xb, xa, lam), tl.where(top_a, xa, xb))
+    xa = tl.load(x_ptr + b * sx_b + src, mask=ok & (blend | own), other=0.0).to(CD)
+    xb = tl.load(x_ptr + partner * sx_b + src, mask=ok & (own == 0), other=0.0).to(CD)
+    mixed = tl.where(blend, _lerp(xb, xa, lam), tl.where(own, xa, xb))
     tl.store(out_ptr + b * so_b + dst, mixed.to(out_ptr.dtype.element_ty), mask=ok)
     if blk == 0:
-        n = tl.arange(0, BLOCK_N)
-        nv = n < N
-        ma = tl.load(mask_ptr + b * N + n, mask=nv, other=0) != 0
-        mb = tl.load(mask_ptr + partner * N + n, mask=nv, other=0) != 0
-        n_inter = tl.sum((nv & (ma == mb)).to(tl.float64), axis=0)
-        n_own = tl.sum((nv & ma & (mb == 0)).to(tl.float64), axis=0)
+        blend_cells = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        own_cells = tl.zeros((BLOCK_N,), dtype=tl.int32)
+        for start in range(0, N, BLOCK_N):  # pixel-exact region maps can hold many cells
+            n = start + tl.arange(0, BLOCK_N)
+            nv = n < N
+            cb, co = _cell_modes(code_ptr, b, partner, n, nv, N, FROM_MASK)
+            blend_cells += (nv & cb).to(tl.int32)
+            own_cells += (nv & co).to(tl.int32)
+        n_blend = tl.sum(blend_cells, axis=0).to(tl.float64)
+        n_own = tl.sum(own_cells, axis=0).to(tl.float64)
         lam64 = tl.load(lam_ptr + b).to(tl.float64)
-        tl.store(lam_eff_ptr + b, ((n_inter * lam64 + n_own) / N).to(tl.float32))
+        tl.store(lam_eff_ptr + b, ((n_blend * lam64 + n_own) / N).to(tl.float32))
 
 
 @triton.jit
 def blend_backward_kernel(
     go_ptr,
     gx_ptr,
-    mask_ptr,
+    code_ptr,
     perm_ptr,
     src_ptr,
     lam_ptr,
@@ -246,15 +272,15 @@ def blend_backward_kernel(
     C: tl.constexpr,
     H: tl.constexpr,
     W: tl.constexpr,
-    P: tl.constexpr,
-    CELL_H: tl.constexpr,
-    CELL_W: tl.constexpr,
+    GH: tl.constexpr,
+    GW: tl.constexpr,
     LAYOUT: tl.constexpr,
+    FROM_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
     CD: tl.constexpr,
 ):
     """grad_x[b] = own share of grad_out[b] + partner share of grad_out[s], where perm[s] == b."""
-    N: tl.constexpr = P * P
+    N: tl.constexpr = GH * GW
     blk = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     partner = tl.load(perm_ptr + b).to(tl.int64)
@@ -264,14 +290,11 @@ def blend_backward_kernel(
     idx = blk * BLOCK + tl.arange(0, BLOCK)
     ok = idx < C * H * W
     src, dst, pix = _locate(idx, sg_c, sg_h, sg_w, so_c, so_h, so_w, C, H, W, LAYOUT)
-    cell = _cell_of(pix, W, P, CELL_H, CELL_W)
-    top = tl.load(mask_ptr + b * N + cell, mask=ok, other=0) != 0
-    top_p = tl.load(mask_ptr + partner * N + cell, mask=ok, other=0) != 0
-    top_s = tl.load(mask_ptr + s * N + cell, mask=ok, other=0) != 0
-    inter = top == top_p
-    inter_s = top_s == top
-    g_own = tl.load(go_ptr + b * sg_b + src, mask=ok & (inter | top), other=0.0).to(CD)
-    g_via = tl.load(go_ptr + s * sg_b + src, mask=ok & (inter_s | top), other=0.0).to(CD)
-    own = tl.where(inter, lam_b * g_own, tl.where(top, g_own, 0.0))
-    via = tl.where(inter_s, (1 - lam_s) * g_via, tl.where(top, g_via, 0.0))
-    tl.store(gx_ptr + b * so_b + dst, (own + via).to(gx_ptr.dtype.element_ty), mask=ok)
+    cell = _cell_of(pix, W, GW, H // GH, W // GW)
+    blend, own = _cell_modes(code_ptr, b, partner, cell, ok, N, FROM_MASK)
+    blend_s, own_s = _cell_modes(code_ptr, s, b, cell, ok, N, FROM_MASK)  # how mixed[s] used x[b]
+    g_own = tl.load(go_ptr + b * sg_b + src, mask=ok & (blend | own), other=0.0).to(CD)
+    g_via = tl.load(go_ptr + s * sg_b + src, mask=ok & (own_s == 0), other=0.0).to(CD)
+    own_term = tl.where(blend, lam_b * g_own, tl.where(own, g_own, 0.0))
+    via_term = tl.where(blend_s, (1 - lam_s) * g_via, tl.where(own_s, 0.0, g_via))
+    tl.store(gx_ptr + b * so_b + dst, (own_term + via_term).to(gx_ptr.dtype.element_ty), mask=ok)
