@@ -6,6 +6,9 @@ tensors (the interpreter: exact, slow, for tests).
 
 from rmix_fast._backends import BackendInfo, available_backends
 from rmix_fast.functional import BLEND, OWN, PARTNER, blend_regions, regions_from_mask, rmix, saliency_grid
+from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
+from rmix_fast.mixers import CutMix, MixParams, Mixup, RMix, soft_targets
+from rmix_fast.saliency import input_gradient
 from rmix_fast.sampling import RMixParams, sample_rmix_params
 
 __version__ = "0.1.0"
@@ -15,12 +18,20 @@ __all__ = [
     "OWN",
     "PARTNER",
     "BackendInfo",
+    "CutMix",
+    "MixParams",
+    "Mixup",
+    "RMix",
     "RMixParams",
+    "SoftTargetBCEWithLogits",
+    "SoftTargetCrossEntropy",
     "__version__",
     "available_backends",
     "blend_regions",
+    "input_gradient",
     "regions_from_mask",
     "rmix",
     "saliency_grid",
     "sample_rmix_params",
+    "soft_targets",
 ]

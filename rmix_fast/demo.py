@@ -167,24 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with torch.no_grad():
         test_acc = float((model(test_images.to(device)).argmax(1) == test_labels.to(device)).float().mean())
 
-    # Saliency = gradient of the loss w.r.t. the input, as R-Mix computes it during training.
+    # The training-loop integration: saliency pass, then the mixer (the paper's draw, except for the grid,
+    # fixed so the picture is easy to read). The model is in eval mode here, so no running stats move.
     images, labels = make_shapes(args.batch, generator)
-    images, labels = images.to(device).requires_grad_(True), labels.to(device)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(images), labels), images)
-    images = images.detach()
-
-    # The paper's draw, except for the grid, fixed so the picture is easy to read.
-    params = rmix_fast.sample_rmix_params(args.batch, grids=(args.grid,), generator=generator, device=device)
-    mixed, lam_eff, mask = rmix_fast.rmix(
-        images,
-        grad,
-        perm=params.perm,
-        lam=params.lam,
-        q=params.q,
-        grid=params.grid,
-        backend=args.backend,
-        return_mask=True,
-    )
+    images, labels = images.to(device), labels.to(device)
+    grad = rmix_fast.input_gradient(model, images, labels)
+    mixer = rmix_fast.RMix(len(CLASS_NAMES), grids=(args.grid,), generator=generator, backend=args.backend)
+    mixed, _ = mixer(images, labels, grad)
+    params = mixer.last_params
+    lam_eff, mask = params.lam_eff, params.mask
     saliency = rmix_fast.saliency_grid(grad, params.grid)
     out = viz.save_mix_grid(
         args.out, images, params.perm, saliency, mask, mixed, lam_eff, labels=labels, class_names=CLASS_NAMES
