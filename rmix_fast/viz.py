@@ -145,6 +145,19 @@ def _check_labels(labels: object, class_names: object, batch: int) -> tuple[list
 # tensor -> picture helpers
 
 
+def _check_saliency_and_mask(saliency: object, mask: object, B: int, H: int, W: int) -> tuple[Tensor, Tensor, int]:
+    saliency = _float_tensor("saliency", saliency)
+    if saliency.dim() != 3 or saliency.shape[0] != B or saliency.shape[1] != saliency.shape[2]:
+        raise ValueError(f"saliency must have shape ({B}, p, p), got {tuple(saliency.shape)}")
+    p = saliency.shape[1]
+    if p < 1 or H % p or W % p:
+        raise ValueError(f"saliency's grid p={p} must divide the image size H={H}, W={W}")
+    mask_cpu = _check_mask(mask)
+    if mask_cpu.shape != saliency.shape:
+        raise ValueError(f"mask must have saliency's shape {tuple(saliency.shape)}, got {tuple(mask_cpu.shape)}")
+    return saliency, mask_cpu, p
+
+
 def mix_regions(mask: Tensor, perm: Tensor) -> Tensor:
     """How each cell of each mixed image was made: (B, p, p) int8 with ``BLENDED`` (0) where the
     sample and its partner agree (both top or both not), ``OWN_KEPT`` (1) where only the sample is
@@ -231,8 +244,8 @@ def save_mix_grid(
     path: str | os.PathLike[str],
     x: Tensor,
     perm: Tensor,
-    saliency: Tensor,
-    mask: Tensor,
+    saliency: Tensor | None,
+    mask: Tensor | None,
     mixed: Tensor,
     lam_eff: Tensor,
     *,
@@ -242,20 +255,22 @@ def save_mix_grid(
     std: Sequence[float] | Tensor | float | None = None,
     scale: int = 4,
     max_samples: int = 8,
+    title: str | None = None,
 ) -> Path:
     """Write one PNG that explains an R-Mix batch, one column per sample (the first ``max_samples``).
 
     Rows: the sample A = ``x[b]``; its partner B = ``x[perm[b]]``; A's cell saliency as a heat map
     (its "top" cells boxed); the mix regions (blue: blended, yellow: A kept, purple: B kept, see
     ``mix_regions``); the mixed image, captioned ``lam_eff·A + (1-lam_eff)·B`` (with class names
-    when ``labels`` are given). A legend sits at the bottom.
+    when ``labels`` are given). A legend sits at the bottom. Without ``saliency`` and ``mask`` (Mixup,
+    CutMix, or no mixing) the picture has the sample, partner and mixed rows only.
 
     Args:
         path: where to write the PNG (parent folders are created).
         x: (B, C, H, W) float images, C = 1 or 3, in [0, 1] or normalised (see ``mean``/``std``).
         perm: (B,) integer permutation: sample b was mixed with ``perm[b]``.
-        saliency: (B, p, p) float cell saliency, e.g. ``rmix_fast.saliency_grid(grad, p)``.
-        mask: (B, p, p) bool "top" mask returned by ``rmix(..., return_mask=True)``.
+        saliency: (B, p, p) float cell saliency, e.g. ``rmix_fast.saliency_grid(grad, p)``, or None.
+        mask: (B, p, p) bool "top" mask returned by ``rmix(..., return_mask=True)``; None with ``saliency``.
         mixed: the mixed images, x's shape.
         lam_eff: (B,) weight of each sample's own label, as returned by ``rmix``.
         labels: optional (B,) class indices; with ``class_names`` the captions name the classes.
@@ -263,6 +278,7 @@ def save_mix_grid(
         mean, std: per-channel normalisation to undo (``img * std + mean``) before display.
         scale: integer nearest-neighbour upscaling, so 32x32 images are legible.
         max_samples: at most this many columns.
+        title: the heading (default: "R-Mix on a pxp grid (n samples)", or "Mixed samples (n)").
 
     Returns:
         The path written, as a ``pathlib.Path``.
@@ -281,15 +297,11 @@ def save_mix_grid(
     if mixed.shape != x.shape:
         raise ValueError(f"mixed must have x's shape {tuple(x.shape)}, got {tuple(mixed.shape)}")
     perm_cpu = _check_perm(perm, B)
-    saliency = _float_tensor("saliency", saliency)
-    if saliency.dim() != 3 or saliency.shape[0] != B or saliency.shape[1] != saliency.shape[2]:
-        raise ValueError(f"saliency must have shape ({B}, p, p), got {tuple(saliency.shape)}")
-    p = saliency.shape[1]
-    if p < 1 or H % p or W % p:
-        raise ValueError(f"saliency's grid p={p} must divide the image size H={H}, W={W}")
-    mask_cpu = _check_mask(mask)
-    if mask_cpu.shape != saliency.shape:
-        raise ValueError(f"mask must have saliency's shape {tuple(saliency.shape)}, got {tuple(mask_cpu.shape)}")
+    if (saliency is None) != (mask is None):
+        raise ValueError("saliency and mask must be given together (R-Mix) or both be None")
+    with_mask = saliency is not None
+    if with_mask:
+        saliency, mask_cpu, p = _check_saliency_and_mask(saliency, mask, B, H, W)
     lam_eff = _float_tensor("lam_eff", lam_eff)
     if lam_eff.shape != (B,):
         raise ValueError(f"lam_eff must have shape ({B},) to match the batch, got {tuple(lam_eff.shape)}")
@@ -305,8 +317,10 @@ def save_mix_grid(
     line_h = font.getbbox("Ag")[3] + 3
     x_cpu = x.detach().cpu()
     mixed_cpu = mixed.detach().cpu()
-    sal = torch.nan_to_num(saliency.detach().to("cpu", torch.float32), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-    regions = mix_regions(mask_cpu, perm_cpu)
+    if with_mask:
+        sal = torch.nan_to_num(saliency.detach().to("cpu", torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        sal = sal.clamp_min(0)
+        regions = mix_regions(mask_cpu, perm_cpu)
     palette = torch.tensor([REGION_COLORS[k] for k in (BLENDED, OWN_KEPT, PARTNER_KEPT)], dtype=torch.uint8)
     lam_list = [float(v) for v in lam_eff.detach().to("cpu", torch.float64).tolist()]
 
@@ -315,54 +329,57 @@ def save_mix_grid(
         label = f" (class {label_list[idx]})" if names is None and label_list is not None else ""
         return f"{letter} = #{idx}{name}{label}"
 
-    rows = [
+    sample_row, partner_row, mixed_row = (
         _Row(["A: sample"], [], []),
         _Row(["B: partner"], [], []),
-        _Row(["saliency of A", "(top cells boxed)"], [], []),
-        _Row(["mix regions"], [], []),
         _Row(["mixed"], [], []),
-    ]
+    )
+    saliency_row, region_row = _Row(["saliency of A", "(top cells boxed)"], [], []), _Row(["mix regions"], [], [])
+    rows = [sample_row, partner_row, *([saliency_row, region_row] if with_mask else []), mixed_row]
     for b in range(n):
         partner = int(perm_cpu[b])
-        rows[0].images.append(_picture(_to_rgb_uint8(x_cpu[b], mean_t, std_t), size))
-        rows[0].captions.append(_wrap_terms(who("A", b), font, size[0]))
-        rows[1].images.append(_picture(_to_rgb_uint8(x_cpu[partner], mean_t, std_t), size))
-        rows[1].captions.append(_wrap_terms(who("B", partner) + (" (itself)" if partner == b else ""), font, size[0]))
+        sample_row.images.append(_picture(_to_rgb_uint8(x_cpu[b], mean_t, std_t), size))
+        sample_row.captions.append(_wrap_terms(who("A", b), font, size[0]))
+        partner_row.images.append(_picture(_to_rgb_uint8(x_cpu[partner], mean_t, std_t), size))
+        itself = " (itself)" if partner == b else ""
+        partner_row.captions.append(_wrap_terms(who("B", partner) + itself, font, size[0]))
 
-        # Scale by the sample's own maximum: the picture shows where saliency is, not its magnitude.
-        peak = float(sal[b].max())
-        heat = _picture(_heat(sal[b] / peak if peak > 0 else torch.zeros_like(sal[b])), size)
-        _draw_cell_lines(heat, p, (110, 110, 110))
-        draw = ImageDraw.Draw(heat)
-        for i, j in mask_cpu[b].nonzero().tolist():
-            draw.rectangle(_cell_box(i, j, p, size), outline=(0, 230, 255), width=max(1, scale // 2))
-        rows[2].images.append(heat)
-        rows[2].captions.append([f"{int(mask_cpu[b].sum())} of {p * p} cells top"])
+        if with_mask:
+            # Scale by the sample's own maximum: the picture shows where saliency is, not its magnitude.
+            peak = float(sal[b].max())
+            heat = _picture(_heat(sal[b] / peak if peak > 0 else torch.zeros_like(sal[b])), size)
+            _draw_cell_lines(heat, p, (110, 110, 110))
+            draw = ImageDraw.Draw(heat)
+            for i, j in mask_cpu[b].nonzero().tolist():
+                draw.rectangle(_cell_box(i, j, p, size), outline=(0, 230, 255), width=max(1, scale // 2))
+            saliency_row.images.append(heat)
+            saliency_row.captions.append([f"{int(mask_cpu[b].sum())} of {p * p} cells top"])
 
-        region_img = _picture(palette[regions[b].long()], size)
-        _draw_cell_lines(region_img, p, (255, 255, 255))
-        rows[3].images.append(region_img)
-        counts = [int((regions[b] == k).sum()) for k in (BLENDED, OWN_KEPT, PARTNER_KEPT)]
-        rows[3].captions.append([f"mix {counts[0]} | A {counts[1]} | B {counts[2]}"])
+            region_img = _picture(palette[regions[b].long()], size)
+            _draw_cell_lines(region_img, p, (255, 255, 255))
+            region_row.images.append(region_img)
+            counts = [int((regions[b] == k).sum()) for k in (BLENDED, OWN_KEPT, PARTNER_KEPT)]
+            region_row.captions.append([f"mix {counts[0]} | A {counts[1]} | B {counts[2]}"])
 
-        rows[4].images.append(_picture(_to_rgb_uint8(mixed_cpu[b], mean_t, std_t), size))
+        mixed_row.images.append(_picture(_to_rgb_uint8(mixed_cpu[b], mean_t, std_t), size))
         lam_b = lam_list[b]
         caption = [f"{lam_b:.2f}·A + {1 - lam_b:.2f}·B"]
         if names is not None and label_list is not None:
             caption += _wrap_terms(
                 f"{lam_b:.2f}·{names[label_list[b]]} + {1 - lam_b:.2f}·{names[label_list[partner]]}", font, size[0]
             )
-        rows[4].captions.append(caption)
+        mixed_row.captions.append(caption)
 
     # Layout: a title line, then each row (image plus its caption strip), then the legend.
     title_w = max(_text_width(font, line) for row in rows for line in row.title)
     left = _PAD + title_w + _PAD
     col_w = size[0] + _PAD
     shown = f"first {n} of {B}" if n < B else f"{n}"
-    heading = f"R-Mix on a {p}x{p} grid ({shown} samples)"
-    legend = _legend_items(font)
+    default_heading = f"R-Mix on a {p}x{p} grid ({shown} samples)" if with_mask else f"Mixed samples ({shown})"
+    heading = title if title is not None else default_heading
+    legend = _legend_items(font) if with_mask else []
     # Wide enough for the columns, and for the heading and each legend entry when there are few columns.
-    canvas_w = max(left + n * col_w, 2 * _PAD + max(_text_width(font, heading), *(it.width for it in legend)))
+    canvas_w = max(left + n * col_w, 2 * _PAD + max([_text_width(font, heading), *(it.width for it in legend)]))
     legend_rows = _flow(legend, canvas_w - 2 * _PAD)
     heights = [size[1] + 2 + max(len(c) for c in row.captions) * line_h + _PAD for row in rows]
     top = _PAD + line_h + _PAD

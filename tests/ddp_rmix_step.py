@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import rmix_fast
 from rmix_fast import reference
-from rmix_fast.demo import CLASS_NAMES, SmallCNN, make_shapes
+from tests.toy_task import CLASS_NAMES, SmallCNN, make_shapes
 
 STEPS = 4
 

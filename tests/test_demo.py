@@ -1,157 +1,35 @@
-"""The demo runs end to end, and the picture helpers in ``rmix_fast.viz`` draw and validate correctly."""
+"""The demo (the README's main command) runs every method on the same budget and reports real numbers."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
 
-import rmix_fast
-from rmix_fast import demo, viz
+from rmix_fast import demo
 
 
-def _batch(B: int = 4, C: int = 3, size: int = 16, grid: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A small real R-Mix batch (reference backend) with everything save_mix_grid needs."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(B, C, size, size, generator=g)
-    grad = torch.randn(B, C, size, size, generator=g)
-    params = rmix_fast.sample_rmix_params(B, grids=(grid,), generator=g)
-    mixed, lam_eff, mask = rmix_fast.rmix(
-        x, grad, perm=params.perm, lam=params.lam, q=params.q, grid=grid, backend="reference", return_mask=True
-    )
-    return {
-        "x": x,
-        "perm": params.perm,
-        "saliency": rmix_fast.saliency_grid(grad, grid),
-        "mask": mask,
-        "mixed": mixed,
-        "lam_eff": lam_eff,
-    }
-
-
-def _save(path: Path, batch: dict[str, torch.Tensor], **kwargs: object) -> Path:
-    b = batch
-    return viz.save_mix_grid(path, b["x"], b["perm"], b["saliency"], b["mask"], b["mixed"], b["lam_eff"], **kwargs)
-
-
-def test_demo_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "sub" / "demo.png"
-    assert demo.main(["--steps", "5", "--batch", "4", "--train-batch", "16", "--out", str(out)]) == 0
-    with Image.open(out) as image:
-        assert image.format == "PNG"
-        assert image.width > 4 * 32 * 4 and image.height > 5 * 32 * 4  # 4 columns, 5 rows of 128 px images
+def test_demo_compares_methods_and_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--epochs", "1", "--train-size", "80", "--test-size", "40", "--no-progress"]
+    assert demo.main(argv) == 0
     printed = capsys.readouterr().out
-    chosen = "cpp" if rmix_fast.available_backends("cpu")["cpp"].available else "reference"
-    assert "lam_eff" in printed and str(out) in printed and f"backend: auto -> {chosen}" in printed
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == list(demo.DEFAULT_METHODS)
+    for method, r in results.items():
+        # The table prints the numbers of the runs' own metrics.json files.
+        final = json.loads((out / method / "metrics.json").read_text())["final"]
+        assert r["top1"] == final["top1"]
+        line = next(line for line in printed.splitlines() if re.match(rf"{method}\s+\d", line))  # its table row
+        assert f"{final['top1']:.2f}" in line and f"{final['ece']:.2f}" in line
+        for png in ("curves.png", "reliability.png", "mixed_samples.png"):
+            assert (out / method / png).is_file()
+    assert (out / "comparison.png").stat().st_size > 1000
 
 
-def test_make_shapes_is_deterministic_and_well_formed() -> None:
-    images, labels = demo.make_shapes(64, torch.Generator().manual_seed(3))
-    again, again_labels = demo.make_shapes(64, torch.Generator().manual_seed(3))
-    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
-    assert labels.shape == (64,) and labels.dtype == torch.int64
-    assert torch.equal(images, again) and torch.equal(labels, again_labels)
-    assert images.min() >= 0 and images.max() <= 1
-    assert set(labels.tolist()) == set(range(len(demo.CLASS_NAMES)))
-
-
-def test_mix_regions_hand_made() -> None:
-    mask = torch.tensor(
-        [
-            [[True, False], [True, False]],
-            [[True, True], [False, False]],
-            [[False, False], [False, True]],
-        ]
-    )
-    perm = torch.tensor([1, 2, 0])
-    expected = torch.tensor(
-        [
-            [[0, 2], [1, 0]],  # vs sample 1
-            [[1, 1], [0, 2]],  # vs sample 2
-            [[2, 0], [2, 1]],  # vs sample 0
-        ],
-        dtype=torch.int8,
-    )
-    regions = viz.mix_regions(mask, perm)
-    assert regions.dtype == torch.int8
-    assert torch.equal(regions, expected)
-
-
-def test_mix_regions_matches_rmix() -> None:
-    b = _batch(B=6, size=16, grid=4, seed=1)
-    regions = viz.mix_regions(b["mask"], b["perm"])
-    px = regions.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2).unsqueeze(1).expand_as(b["x"])
-    x, partner = b["x"], b["x"][b["perm"]]
-    assert torch.equal(b["mixed"][px == viz.OWN_KEPT], x[px == viz.OWN_KEPT])
-    assert torch.equal(b["mixed"][px == viz.PARTNER_KEPT], partner[px == viz.PARTNER_KEPT])
-
-
-def test_save_mix_grid_draws_regions_in_their_colours(tmp_path: Path) -> None:
-    b = _batch(B=2, size=16, grid=4)
-    b["perm"] = torch.tensor([1, 0])
-    b["mask"] = torch.stack([torch.ones(4, 4, dtype=torch.bool), torch.zeros(4, 4, dtype=torch.bool)])
-    out = _save(tmp_path / "regions.png", b, scale=4)
-    with Image.open(out) as image:
-        counts = {color: n for n, color in image.convert("RGB").getcolors(maxcolors=1 << 20)}
-    cell_area = (16 * 4) ** 2
-    # Sample 0 keeps all its cells (A kept), sample 1 its partner's (B kept); no cell is blended, so the
-    # blended colour appears only in the legend's small swatch.
-    assert counts.get(viz.REGION_COLORS[viz.OWN_KEPT], 0) > 0.8 * cell_area
-    assert counts.get(viz.REGION_COLORS[viz.PARTNER_KEPT], 0) > 0.8 * cell_area
-    assert counts.get(viz.REGION_COLORS[viz.BLENDED], 0) < 0.1 * cell_area
-
-
-def test_save_mix_grid_columns_and_options(tmp_path: Path) -> None:
-    b = _batch(B=4, C=1, size=8, grid=2)
-    widths = [Image.open(_save(tmp_path / f"{n}.png", b, scale=8, max_samples=n)).width for n in (2, 3, 4)]
-    assert widths[1] - widths[0] == widths[2] - widths[1] > 8 * 8  # one image (plus padding) per column
-    out = _save(
-        tmp_path / "named.png",
-        b,
-        labels=torch.tensor([0, 1, 2, 0]),
-        class_names=["a", "b", "c"],
-        mean=[0.5],
-        std=[0.25],
-    )
-    assert out == tmp_path / "named.png" and out.stat().st_size > 0
-
-
-@pytest.mark.parametrize(
-    ("change", "error", "match"),
-    [
-        ({"mixed": torch.rand(3, 3, 16, 16)}, ValueError, "mixed"),
-        ({"x": torch.rand(3, 3, 16, 16)}, ValueError, "mixed|perm"),
-        ({"perm": torch.tensor([0, 0, 1, 2])}, ValueError, "perm"),
-        ({"perm": torch.tensor([0.0, 1.0, 2.0, 3.0])}, TypeError, "perm"),
-        ({"mask": torch.zeros(4, 4, 4, dtype=torch.uint8)}, TypeError, "mask"),
-        ({"mask": torch.zeros(4, 2, 2, dtype=torch.bool)}, ValueError, "mask"),
-        ({"saliency": torch.rand(4, 3, 3)}, ValueError, "saliency"),
-        ({"lam_eff": torch.rand(3)}, ValueError, "lam_eff"),
-        ({"x": torch.rand(4, 2, 16, 16), "mixed": torch.rand(4, 2, 16, 16)}, ValueError, "channels"),
-        ({"x": torch.randint(0, 255, (4, 3, 16, 16))}, TypeError, "x"),
-    ],
-)
-def test_save_mix_grid_rejects_bad_tensors(tmp_path: Path, change: dict, error: type, match: str) -> None:
-    b = {**_batch(B=4), **change}
-    with pytest.raises(error, match=match):
-        _save(tmp_path / "bad.png", b)
-    assert not (tmp_path / "bad.png").exists()
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"class_names": ["a"]}, ValueError, "labels"),
-        ({"labels": [0, 1, 2, 5], "class_names": ["a", "b", "c"]}, ValueError, "labels"),
-        ({"labels": [0, 1]}, ValueError, "labels"),
-        ({"mean": [0.5, 0.5]}, ValueError, "mean"),
-        ({"std": "wide"}, TypeError, "std"),
-        ({"scale": 0}, ValueError, "scale"),
-        ({"max_samples": 2.0}, TypeError, "max_samples"),
-    ],
-)
-def test_save_mix_grid_rejects_bad_options(tmp_path: Path, kwargs: dict, error: type, match: str) -> None:
-    with pytest.raises(error, match=match):
-        _save(tmp_path / "bad.png", _batch(B=4), **kwargs)
+def test_demo_rejects_bad_budgets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        demo.main(["--epochs", "0"])
+    assert "--epochs must be >= 1" in capsys.readouterr().err

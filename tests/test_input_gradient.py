@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import rmix_fast
-from rmix_fast.demo import SmallCNN
+from tests.toy_task import SmallCNN
 
 
 def model_and_batch(seed: int = 0, B: int = 6, size: int = 16):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import rmix_fast
-from rmix_fast.demo import CLASS_NAMES, SmallCNN, make_shapes
+from tests.toy_task import CLASS_NAMES, SmallCNN, make_shapes
 
 
 def held_out_loss(model, x, y) -> float:
