@@ -15,13 +15,17 @@ from rmix_fast.models.base import ImageClassifier
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 plus shortcut. (B, in, H, W) -> (B, out, H / stride, W / stride)."""
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-[dropout]-conv3x3 plus shortcut (also the Wide ResNet block).
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    (B, in, H, W) -> (B, out, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module | None = None
@@ -33,7 +37,7 @@ class PreActBlock(nn.Module):
         # The projection sees the pre-activated input (as in the paper); the identity path sees raw x.
         shortcut = x if self.shortcut is None else self.shortcut(out)
         out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         return out + shortcut
 
 

@@ -10,32 +10,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from rmix_fast.models.base import ImageClassifier
+from rmix_fast.models.preact_resnet import PreActBlock
 
-
-class WideBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-[dropout]-conv3x3 plus shortcut.
-
-    (B, in, H, W) -> (B, out, ceil(H / stride), ceil(W / stride)).
-    """
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
-        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
-        return out + shortcut
+# The Wide ResNet block is the pre-activation basic block, with optional dropout between its convs.
+WideBlock = PreActBlock
 
 
 class WideResNet(ImageClassifier):
