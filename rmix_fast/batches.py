@@ -8,30 +8,25 @@ changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rmix_fast.data.augment import crop_flip
+from rmix_fast.data.augment import crop_flip, mix_seed
 
-__all__ = ["derive_seed", "epoch_batches", "iterate_batches", "seeded", "to_pixels"]
+__all__ = ["epoch_batches", "iterate_batches", "seeded", "to_pixels"]
 
-# Streams of one epoch's randomness.
+# Streams of one epoch's randomness, behind a tag of their own so they never share a seed with the
+# per-sample streams (seed, epoch, index) of the image-folder augmentation.
+_TAG = 0x6D6978  # "mix"
 ORDER, AUGMENT, MIX = 0, 1, 2
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers; different tuples give unrelated streams."""
-    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def seeded(*parts: int) -> torch.Generator:
-    """A CPU generator seeded by ``derive_seed(*parts)``."""
-    return torch.Generator().manual_seed(derive_seed(*parts))
+    """A CPU generator seeded from integers (``mix_seed``); different tuples give unrelated streams."""
+    return torch.Generator().manual_seed(mix_seed(_TAG, *parts))
 
 
 def epoch_batches(

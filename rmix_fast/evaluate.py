@@ -29,7 +29,22 @@ from rmix_fast.metrics import Evaluator
 from rmix_fast.models import build_model
 from rmix_fast.pixel_model import PixelClassifier
 
-__all__ = ["evaluate_model", "main", "print_results", "write_plots"]
+__all__ = ["AMP_MODES", "amp_autocast", "default_device", "evaluate_model", "main", "print_results", "write_plots"]
+
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def default_device(name: str | None) -> torch.device:
+    """``name``, or cuda when it is available, else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def amp_autocast(amp: str, device: torch.device) -> Any:
+    """The autocast context of ``--amp none|bf16|fp16`` on ``device``."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def evaluate_model(
@@ -53,14 +68,9 @@ def evaluate_model(
     evaluator = Evaluator(model, num_classes=dataset.num_classes, fgsm_eps=fgsm_eps, localize=localize)
     boxes = getattr(dataset, "boxes", None) if localize else None
     batches = epoch_batches(len(dataset), batch_size, shuffle=False, rank=env.rank, world_size=env.world_size)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-        if amp != "none"
-        else nullcontext()
-    )
     for xb, yb, idx in iterate_batches(dataset, batches, device=device, workers=workers):
         x = to_pixels(xb, augment=False, channels_last=channels_last)
-        with autocast:
+        with amp_autocast(amp, device):
             evaluator.update(x, yb, boxes[idx].to(device) if boxes is not None else None)
     if env.active:
         evaluator.merge(env.all_reduce_sum(evaluator.state().to(device)).cpu())
@@ -109,7 +119,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=100, help="evaluation batch size")
     p.add_argument("--fgsm-eps", type=float, default=8.0, help="FGSM radius in pixel levels out of 255 (0: skip)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    p.add_argument("--amp", choices=AMP_MODES, default="none", help="autocast dtype")
     p.add_argument("--out", default=None, help="folder for eval.json and reliability.png")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -129,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"rmix-eval: {e}") from e
     cfg = state["config"]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(args.device)
     dataset = build_dataset(
         cfg["dataset"],
         "test",

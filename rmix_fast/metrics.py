@@ -39,7 +39,6 @@ __all__ = [
     "expected_calibration_error",
     "fgsm",
     "fgsm_error",
-    "localization_accuracy",
     "localization_counts",
     "topk_correct",
 ]
@@ -113,6 +112,14 @@ def _bin_index(conf: Tensor, n_bins: int) -> Tensor:
     """
     inner = bin_edges(n_bins)[1:-1].to(device=conf.device, dtype=conf.dtype)
     return torch.bucketize(conf, inner, right=False).clamp_(0, n_bins - 1)
+
+
+def _add_to_bins(sums: Tensor, conf: Tensor, correct: Tensor) -> None:
+    """Adds (N,) confidences and correctness to (3, M) per-bin sums (count, confidence, correct) in place,
+    on the sums' device; no host sync, so it is safe to call every batch."""
+    conf, correct = conf.detach().to(sums.device), correct.to(sums.device)
+    values = torch.stack([torch.ones_like(conf, dtype=torch.float64), conf.double(), correct.double()])
+    sums.index_add_(1, _bin_index(conf, sums.shape[1]), values)
 
 
 @dataclass(frozen=True)
@@ -200,10 +207,7 @@ class CalibrationAccumulator:
         device = _sums_device(conf.device)
         if self.sums.device != device:
             self.sums = self.sums.to(device)
-        conf, correct = conf.detach().to(device), correct.to(device)
-        idx = _bin_index(conf, self.n_bins)
-        values = torch.stack([torch.ones_like(conf, dtype=torch.float64), conf.double(), correct.double()])
-        self.sums.index_add_(1, idx, values)  # no host sync: safe to call every batch
+        _add_to_bins(self.sums, conf, correct)
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """logits: (B, K); labels: (B,) int64."""
@@ -443,21 +447,6 @@ def localization_counts(
     return {"n": int(labels.numel()), "gt_known": int(gt_known), "top1": int(top1)}
 
 
-def localization_accuracy(
-    model: nn.Module,
-    x: Tensor,
-    labels: Tensor,
-    boxes: Tensor,
-    *,
-    logits: Tensor | None = None,
-    threshold: float = CAM_THRESHOLD,
-) -> dict[str, float]:
-    """``localization_counts`` as fractions of the batch: ``{"gt_known": ..., "top1": ...}`` in [0, 1]."""
-    c = localization_counts(model, x, labels, boxes, logits=logits, threshold=threshold)
-    n = max(c["n"], 1)
-    return {"gt_known": c["gt_known"] / n, "top1": c["top1"] / n}
-
-
 # ------------------------------------------------------------------------------------------ Evaluator
 
 # Layout of the scalar part of Evaluator's state; the calibration bins' count, confidence and correct sums follow.
@@ -546,12 +535,8 @@ class Evaluator:
         self._add("top1", hits[0])
         self._add("top5", hits[1])
         # The predicted class of calibration is the top-1 prediction above (same tie-breaking).
-        conf = torch.softmax(logits, dim=1).gather(1, pred[:, None])[:, 0].to(device)
-        correct = (pred == labels).to(device)
-        idx = _bin_index(conf, self.n_bins)
-        values = torch.stack([torch.ones_like(conf, dtype=torch.float64), conf.double(), correct.double()])
-        base = len(_FIELDS)
-        self._sums[base:].view(3, self.n_bins).index_add_(1, idx, values)
+        conf = torch.softmax(logits, dim=1).gather(1, pred[:, None])[:, 0]
+        _add_to_bins(self._sums[len(_FIELDS) :].view(3, self.n_bins), conf, pred == labels)
         if self.fgsm_eps is not None:
             self._add("fgsm_n", labels.shape[0])
             self._add("fgsm_wrong", _fgsm_wrong(self.model, x01, labels, self.fgsm_eps))

@@ -22,7 +22,8 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    """``bar.update(steps_done, images_done, **stats)`` after each step; ``bar.close()`` at the end."""
+    """``bar.update(steps_done, images_done, **stats)`` after a step (``bar.due(steps_done)`` says whether it
+    would draw, so stats that cost a device sync are computed only then); ``bar.close()`` at the end."""
 
     def __init__(
         self,
@@ -46,13 +47,17 @@ class ProgressBar:
         self.last_draw = -1.0 if self.tty else self.start
         self.line = ""
 
-    def update(self, done: int, images: int, **stats: float) -> None:
+    def due(self, done: int) -> bool:
+        """Whether ``update(done, ...)`` would draw: callers skip computing stats (and syncing) otherwise."""
         if not self.enabled:
+            return False
+        interval = 0.1 if self.tty else self.log_every
+        return done >= self.total or time.perf_counter() - self.last_draw >= interval
+
+    def update(self, done: int, images: int, **stats: float) -> None:
+        if not self.due(done):
             return
         now = time.perf_counter()
-        interval = 0.1 if self.tty else self.log_every
-        if done < self.total and now - self.last_draw < interval:
-            return
         self.last_draw = now
         elapsed = now - self.start
         rate = images / elapsed if elapsed > 0 else 0.0

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from rmix_fast.batches import AUGMENT, MIX, epoch_batches, iterate_batches, seed
 from rmix_fast.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from rmix_fast.data import DATASET_NAMES, build_dataset
 from rmix_fast.distributed import DistEnv, setup_distributed
-from rmix_fast.evaluate import evaluate_model, print_results, write_plots
+from rmix_fast.evaluate import AMP_MODES, amp_autocast, default_device, evaluate_model, print_results, write_plots
 from rmix_fast.losses import SoftTargetCrossEntropy
 from rmix_fast.mixers import CutMix, Mixup, RMix, soft_targets
 from rmix_fast.models import MODEL_NAMES, build_model
@@ -44,7 +43,6 @@ __all__ = ["METHODS", "build_parser", "main", "parse_args"]
 
 METHODS = ("vanilla", "mixup", "cutmix", "rmix")
 SCHEDULERS = ("onecycle", "multistep")
-AMP_MODES = ("none", "bf16", "fp16")
 CHECKPOINT = "checkpoint.pt"
 # Arguments that do not change what a run computes: free to differ on --resume.
 NOT_RUN_DEFINING = ("out", "resume", "overwrite", "device", "workers", "progress", "data_dir")
@@ -132,8 +130,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("lr", "alpha", "div_factor", "final_div_factor"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    for name in ("mix_prob", "label_smoothing", "momentum", "weight_decay_unit"):
-        value = getattr(args, name, 0.0)
+    for name in ("mix_prob", "label_smoothing", "momentum"):
+        value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
     if not 0.0 < args.pct_start < 1.0:
@@ -220,12 +218,11 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _device(args: argparse.Namespace, env: DistEnv) -> torch.device:
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+def _place(device: torch.device, env: DistEnv) -> torch.device:
+    """The device this process runs on: under torchrun, CUDA means this rank's local GPU."""
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"rmix-train: --device {name} asked for, but CUDA is not available")
+            raise SystemExit(f"rmix-train: --device {device} asked for, but CUDA is not available")
         if env.active:
             device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
@@ -265,19 +262,14 @@ def _make_scheduler(
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.gamma)
 
 
-def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
-    if args.amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
-
-
 class Trainer:
     """Everything one run holds; ``fit()`` runs the remaining epochs and the final evaluation."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.env = setup_distributed(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
-        self.device = _device(args, self.env)
+        requested = default_device(args.device)
+        self.env = setup_distributed(requested)
+        self.device = _place(requested, self.env)
         self.out = Path(args.out)
         torch.manual_seed(args.seed)  # the model's initialisation
         sizes = {"image_size": args.image_size, "seed": args.seed, "data_dir": args.data_dir}
@@ -400,7 +392,7 @@ class Trainer:
         mixed batch and the saliency gradient (None unless R-Mix)."""
         a = self.args
         grad = None
-        with _autocast(a, self.device):
+        with amp_autocast(a.amp, self.device):
             if self.mixer is None:
                 x_mix, y_soft = x, soft_targets(y, self.num_classes, a.label_smoothing)
             else:
@@ -463,8 +455,10 @@ class Trainer:
             if epoch == 0 and step == 0 and env.is_main:
                 self._keep_sample(x, yb, x_mix, grad)
             sums += torch.stack([loss.double() * yb.shape[0], correct.double(), sums.new_tensor(yb.shape[0])])
-            images = int(sums[2]) * env.world_size if bar.enabled else 0
-            bar.update(step + 1, images, loss=float(sums[0] / sums[2]), acc=float(100 * sums[1] / sums[2]))
+            if bar.due(step + 1):  # reading the sums waits for the device: only when the bar draws
+                seen = float(sums[2])
+                loss_avg, acc = float(sums[0]) / seen, 100 * float(sums[1]) / seen
+                bar.update(step + 1, int(seen) * env.world_size, loss=loss_avg, acc=acc)
         bar.close()
         env.all_reduce_sum(sums)
         seconds = time.perf_counter() - start

@@ -41,6 +41,13 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def preact_stage(in_ch: int, out_ch: int, blocks: int, stride: int, dropout: float = 0.0) -> nn.Sequential:
+    """``blocks`` pre-activation blocks; the first changes width and stride. Shared with the Wide ResNets."""
+    return nn.Sequential(
+        *(PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1, dropout) for j in range(blocks))
+    )
+
+
 class PreActResNet(ImageClassifier):
     """CIFAR PreAct ResNet with basic blocks; ``blocks=(2, 2, 2, 2)`` is PreAct ResNet-18.
 
@@ -58,9 +65,7 @@ class PreActResNet(ImageClassifier):
         in_ch = width
         for i, n in enumerate(blocks):
             out_ch = width * 2**i
-            stride = 1 if i == 0 else 2
-            stage = [PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1) for j in range(n)]
-            layers.append(nn.Sequential(*stage))
+            layers.append(preact_stage(in_ch, out_ch, n, stride=1 if i == 0 else 2))
             in_ch = out_ch
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.bn = nn.BatchNorm2d(in_ch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from rmix_fast.models.base import ImageClassifier
-from rmix_fast.models.preact_resnet import PreActBlock
+from rmix_fast.models.preact_resnet import PreActBlock, preact_stage
 
 # The Wide ResNet block is the pre-activation basic block, with optional dropout between its convs.
 WideBlock = PreActBlock
@@ -37,10 +37,7 @@ class WideResNet(ImageClassifier):
         in_ch = 16
         for i, stride in enumerate((1, 2, 2)):
             out_ch = 16 * widen_factor * 2**i
-            blocks = [
-                WideBlock(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1, dropout) for j in range(n)
-            ]
-            stages.append(nn.Sequential(*blocks))
+            stages.append(preact_stage(in_ch, out_ch, n, stride, dropout))
             in_ch = out_ch
         self.layer1, self.layer2, self.layer3 = stages
         self.bn = nn.BatchNorm2d(in_ch)
