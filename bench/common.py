@@ -47,6 +47,58 @@ def interleaved_medians(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def cuda_graph_cold_ms(
+    fn: Callable[[], object], device: torch.device, *, reps: int = 30, flush_bytes: int = 256 << 20
+) -> float:
+    """Median GPU time in ms of one call replayed from a CUDA graph, with L2 flushed before each replay.
+
+    The graph removes Python and launch overhead (what the kernels themselves cost); writing a buffer larger
+    than L2 before each replay makes every input come from DRAM, as it does in a training step.
+    Raises whatever capture raises (e.g. an op that synchronises with the host).
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs recommends
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    flush = torch.empty(flush_bytes, dtype=torch.int8, device=device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    graph.replay()
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
+def kernel_launches(fn: Callable[[], object]) -> int:
+    """How many CUDA kernels one call launches (torch.profiler), after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def peak_copy_gbps(device: torch.device, *, nbytes: int | None = None, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second, in GB/s) of a buffer far larger
+    than any cache: 1 GiB on a GPU, 256 MiB on the CPU. The yardstick for "% of peak"."""
+    nbytes = nbytes or (1 << 30 if device.type == "cuda" else 256 << 20)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = interleaved_medians({"copy": lambda: dst.copy_(src)}, device, warmup=3, reps=reps)["copy"]
+    return 2 * nbytes / ms / 1e6
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -1,0 +1,132 @@
+"""How often the half-resolution saliency pass (``input_gradient(..., resolution=0.5)``) picks the same
+R-Mix cells as the full-resolution pass, on a model trained briefly on ``shapes``.
+
+    python bench/mask_agreement.py --device cpu --model preactresnet18 --image-size 32
+
+For every held-out image, grid p and percentile level q, both gradients go through the op's own saliency
+and threshold steps (``reference.cell_saliency`` and ``saliency_mask``); the figure is the fraction of
+cells whose top / not-top decision is identical. As a floor it also reports the agreement of the
+full-resolution mask with the half-resolution mask of a *different* image at the same q: what the
+percentile alone makes agree (at q = 0 every cell is top, so everything agrees). Used by ``bench_step.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rmix_fast import input_gradient, reference
+from rmix_fast.data import build_dataset
+from rmix_fast.data.augment import crop_flip
+from rmix_fast.models import build_model
+from rmix_fast.sampling import paper_levels
+
+
+def _normalised(images: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
+    x = images.to(device=device, dtype=torch.float32) / 255
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def train_briefly(model, data, device: torch.device, *, steps: int, batch: int, seed: int) -> float:
+    """Plain SGD (no mixing) for ``steps`` batches; returns the seconds it took."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(len(data.labels), (batch,), generator=g)
+        x = _normalised(crop_flip(data.images[idx], generator=g), data.mean, data.std, device)
+        loss = F.cross_entropy(model(x), data.labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def accuracy(model, data, device: torch.device, batch: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(data.labels), batch):
+        x = _normalised(data.images[i : i + batch], data.mean, data.std, device)
+        correct += int((model(x).argmax(1).cpu() == data.labels[i : i + batch]).sum())
+    model.train()
+    return 100.0 * correct / len(data.labels)
+
+
+def agreement(model, data, device: torch.device, *, grids=(2, 4), levels: int = 10, batch: int = 128) -> dict:
+    """Fraction of identical mask cells, full vs half resolution, per grid and level, over ``data``."""
+    qs = paper_levels(levels)
+    same = {p: torch.zeros(levels, dtype=torch.float64) for p in grids}
+    floor = {p: torch.zeros(levels, dtype=torch.float64) for p in grids}
+    cells = dict.fromkeys(grids, 0)
+    model.train()  # the saliency pass runs in training mode, as in a training step
+    for i in range(0, len(data.labels), batch):
+        x = _normalised(data.images[i : i + batch], data.mean, data.std, device)
+        y = data.labels[i : i + batch].to(device)
+        full = input_gradient(model, x, y, batchnorm="keep")
+        half = input_gradient(model, x, y, batchnorm="keep", resolution=0.5)
+        B = x.shape[0]
+        for p in grids:
+            s_full, s_half = reference.cell_saliency(full, p), reference.cell_saliency(half, p)
+            for k, q in enumerate(qs.tolist()):
+                q_vec = torch.full((B,), q, device=device)
+                m_full = reference.saliency_mask(s_full, q_vec)
+                m_half = reference.saliency_mask(s_half, q_vec)
+                same[p][k] += float((m_full == m_half).sum())
+                floor[p][k] += float((m_full == m_half.roll(1, dims=0)).sum())
+            cells[p] += B * p * p
+    out = {"levels": [round(q, 4) for q in qs.tolist()], "per_grid": {}}
+    for p in grids:
+        out["per_grid"][str(p)] = {
+            "agreement_per_level": (same[p] / cells[p]).tolist(),
+            "other_image_per_level": (floor[p] / cells[p]).tolist(),
+            "agreement": float(same[p].sum() / (cells[p] * levels)),
+            "other_image": float(floor[p].sum() / (cells[p] * levels)),
+        }
+    # As training draws them: p uniform over the grids, q uniform over the levels.
+    out["agreement"] = sum(v["agreement"] for v in out["per_grid"].values()) / len(grids)
+    out["other_image"] = sum(v["other_image"] for v in out["per_grid"].values()) / len(grids)
+    return out
+
+
+def measure(model_name: str, image_size: int, device: torch.device, *, steps: int, batch: int, train_images: int,
+            test_images: int, seed: int = 0) -> dict:  # fmt: skip
+    """Train ``model_name`` briefly on ``shapes`` at ``image_size``, then measure the agreement."""
+    torch.manual_seed(seed)
+    train = build_dataset("shapes", "train", image_size=image_size, seed=seed, size=train_images)
+    test = build_dataset("shapes", "test", image_size=image_size, seed=seed, size=test_images)
+    model = build_model(model_name, len(train.classes)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    seconds = train_briefly(model, train, device, steps=steps, batch=batch, seed=seed)
+    result = agreement(model, test, device)
+    return {"model": model_name, "image_size": image_size, "train_steps": steps, "batch": batch,
+            "train_images": train_images, "test_images": test_images, "train_seconds": seconds,
+            "test_accuracy": accuracy(model, test, device), **result}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="preactresnet18")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--train-images", type=int, default=5000)
+    ap.add_argument("--test-images", type=int, default=512)
+    a = ap.parse_args(argv)
+    r = measure(a.model, a.image_size, torch.device(a.device), steps=a.steps, batch=a.batch,
+                train_images=a.train_images, test_images=a.test_images)  # fmt: skip
+    print(f"{a.model} @ {a.image_size}: test accuracy {r['test_accuracy']:.1f} %, mask agreement "
+          f"{100 * r['agreement']:.1f} % (other image: {100 * r['other_image']:.1f} %)")  # fmt: skip
+    return r
+
+
+if __name__ == "__main__":
+    main()
