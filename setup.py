@@ -61,7 +61,7 @@ def extension_setup() -> dict:
     say(f"building the 'cpp' backend for CPU{' and CUDA' if with_cuda else ''} against torch {torch.__version__}")
 
     # -ffp-contract=off: no fused multiply-add, so the blend rounds exactly like the reference.
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
     kind = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
     extension = kind(

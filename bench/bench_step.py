@@ -75,7 +75,8 @@ DEFAULT_CASES = {
     "cuda": ["resnet50:224:128:bf16:channels_last", "preactresnet18:32:100:none:contiguous"],
     "cpu": ["preactresnet18:32:32:none:contiguous", "resnet50:64:8:none:channels_last"],
 }
-DEFAULT_AGREEMENT = {"cuda": ["preactresnet18:32", "resnet50:224"], "cpu": ["preactresnet18:32"]}
+# Brief training on shapes; on the CPU a small network, which learns shapes within a minute there.
+DEFAULT_AGREEMENT = {"cuda": ["preactresnet18:32", "resnet50:224"], "cpu": ["small_cnn:32"]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--agreement", nargs="*", metavar="MODEL:SIZE",
                     help="half-resolution mask agreement on these models (none: skip; default per device)")  # fmt: skip
-    ap.add_argument("--agreement-steps", type=int, help="brief training steps (default 300 on a GPU, 150 on the CPU)")
+    ap.add_argument("--agreement-steps", type=int, help="brief training steps (default 400 on a GPU, 600 on the CPU)")
     ap.add_argument("--agreement-images", type=int, nargs=2, default=[3000, 512], metavar=("TRAIN", "TEST"))
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for a CPU run")
     ap.add_argument("--out", type=Path, help="stem of the output files (default: bench/results/step-<device>-<date>)")
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cases = args.cases or [StepCase.parse(c) for c in DEFAULT_CASES[args.device]]
     args.reps = args.reps or (20 if gpu else 5)
     args.agreement = DEFAULT_AGREEMENT[args.device] if args.agreement is None else args.agreement
-    args.agreement_steps = args.agreement_steps or (300 if gpu else 150)
+    args.agreement_steps = args.agreement_steps or (400 if gpu else 600)
     if "vanilla" not in args.methods:
         ap.error("--methods must include vanilla: every ratio is to vanilla")
     if args.reps < 1:

@@ -88,14 +88,15 @@ inline void add_row_squares(const scalar_t* row, int64_t C, int64_t sc, int64_t 
   }
 }
 
-// One strip of cells (sample b, cell row i): per-row pixel saliency; each row's part of a cell is summed
-// in acc_t, the rows of a cell in double.
+// One strip of cells (sample b, cell row i). Each pixel row's saliency is added into per-column sums in
+// acc_t (element-wise over w, so the square root and the adds vectorise); the columns of a cell are summed
+// in double once per strip. The reduction order differs from the reference's mean only by rounding.
 template <typename scalar_t, typename acc_t>
 void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw, int64_t h0, int64_t ch,
                 int64_t W, int64_t p, acc_t* cells_row) {
   const int64_t cw = W / p;
   std::vector<acc_t> sq(W);
-  std::vector<double> sums(p, 0.0);
+  std::vector<acc_t> columns(W, acc_t(0));
   const acc_t channels = static_cast<acc_t>(C);
   for (int64_t h = h0; h < h0 + ch; ++h) {
     std::fill(sq.begin(), sq.end(), acc_t(0));
@@ -104,14 +105,14 @@ void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw
     } else {
       add_row_squares<scalar_t, acc_t, false>(g + h * sh, C, sc, sw, W, sq.data());
     }
-    for (int64_t j = 0; j < p; ++j) {
-      acc_t run = 0;
-      for (int64_t w = j * cw; w < (j + 1) * cw; ++w) run += std::sqrt(sq[w] / channels);
-      sums[j] += static_cast<double>(run);
-    }
+    for (int64_t w = 0; w < W; ++w) columns[w] += std::sqrt(sq[w] / channels);
   }
   const double area = static_cast<double>(ch * cw);
-  for (int64_t j = 0; j < p; ++j) cells_row[j] = static_cast<acc_t>(sums[j] / area);
+  for (int64_t j = 0; j < p; ++j) {
+    double sum = 0.0;
+    for (int64_t w = j * cw; w < (j + 1) * cw; ++w) sum += static_cast<double>(columns[w]);
+    cells_row[j] = static_cast<acc_t>(sum / area);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
