@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda: torch.cuda.is_available() is False")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = common.keep_freed_memory_in_heap() if device.type == "cpu" else "CUDA caching allocator"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     command = "python bench/bench_step.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    env = common.environment(device, command.strip())
+    env = {**common.environment(device, command.strip()), "allocator": malloc}
     print(f"# {env['device_name']} | torch {env['torch']} | triton {env['triton']}", flush=True)
 
     rows = []

@@ -66,7 +66,7 @@ def test_bench_rmix_writes_every_figure(tmp_path):
                                "--out", str(stem)])  # fmt: skip
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert stem.with_suffix(".png").stat().st_size > 0
-    for key in ("device_name", "torch", "triton", "commit", "command", "peak_copy_gbps", "cases"):
+    for key in ("device_name", "torch", "triton", "commit", "command", "allocator", "peak_copy_gbps", "cases"):
         assert key in saved, key
     assert saved["cases"] == json.loads(json.dumps(payload["cases"]))
     providers = {(r["grid"], r["provider"]) for r in saved["cases"]}
