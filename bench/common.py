@@ -144,8 +144,9 @@ def environment(device: torch.device, command: str) -> dict:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS.parent
         ).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, cwd=RESULTS.parent).stdout.strip())  # fmt: skip
+        # bench/results/ does not count: a run that follows another finds that one's fresh output there.
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
+        dirty = bool(subprocess.run(status, capture_output=True, text=True, cwd=RESULTS.parents[1]).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     return {

@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/rmix-gpu-out}
 mkdir -p "$OUT"
-STAGES=${STAGES:-"build tests bench_rmix bench_step"}
+STAGES=${STAGES-"build tests bench_rmix bench_step"}
 PY=${PY:-python3}
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
@@ -37,23 +37,25 @@ note "backends on cuda: $(tr '\n' ';' <"$OUT/backends.txt")"
 
 if wants tests; then
   # Every backend against the reference on CUDA tensors (Triton compiled, not interpreted; cpp's CUDA kernel).
-  timeout 170 $PY -m pytest -q -x -p no:cacheprovider tests/test_rmix.py tests/test_blend_regions.py \
+  timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_rmix.py tests/test_blend_regions.py \
     tests/test_rmix_autograd.py tests/test_mixers.py tests/test_input_gradient.py >"$OUT/pytest-gpu.log" 2>&1
   note "gpu tests rc=$?: $(tail -1 "$OUT/pytest-gpu.log")"
 fi
 
 if wants bench_rmix; then
-  timeout 170 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
+  timeout 180 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
   note "bench_rmix rc=$?"
 fi
 
 if wants bench_step; then
-  timeout 100 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 200 \
+  timeout 140 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
     --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
   note "bench_step rc=$?"
 fi
 
+# The tables for bench/README.md (full figures are in the JSON files under $OUT).
+$PY bench/report.py "$OUT"/*.json >"$OUT/report.md" 2>&1
 echo
 for line in "${summary[@]}"; do echo "$line"; done
-grep -h -A12 '^| goal' "$OUT/bench_rmix.log" 2>/dev/null | head -14
+grep -h -A12 '^| goal' "$OUT/report.md" 2>/dev/null | head -14
 grep -h 'x) <-\|agreement' "$OUT/bench_step.log" 2>/dev/null

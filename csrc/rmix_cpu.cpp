@@ -91,19 +91,19 @@ inline void add_row_squares(const scalar_t* row, int64_t C, int64_t sc, int64_t 
 // One strip of cells (sample b, cell row i). Each pixel row's saliency is added into per-column sums in
 // acc_t (element-wise over w, so the square root and the adds vectorise); the columns of a cell are summed
 // in double once per strip. The reduction order differs from the reference's mean only by rounding.
+// `sq` and `columns` are W-element scratch owned by the calling task (reused across its strips).
 template <typename scalar_t, typename acc_t>
 void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw, int64_t h0, int64_t ch,
-                int64_t W, int64_t p, acc_t* cells_row) {
+                int64_t W, int64_t p, acc_t* sq, acc_t* columns, acc_t* cells_row) {
   const int64_t cw = W / p;
-  std::vector<acc_t> sq(W);
-  std::vector<acc_t> columns(W, acc_t(0));
+  std::fill_n(columns, W, acc_t(0));
   const acc_t channels = static_cast<acc_t>(C);
   for (int64_t h = h0; h < h0 + ch; ++h) {
-    std::fill(sq.begin(), sq.end(), acc_t(0));
+    std::fill_n(sq, W, acc_t(0));
     if (sw == 1) {
-      add_row_squares<scalar_t, acc_t, true>(g + h * sh, C, sc, sw, W, sq.data());
+      add_row_squares<scalar_t, acc_t, true>(g + h * sh, C, sc, sw, W, sq);
     } else {
-      add_row_squares<scalar_t, acc_t, false>(g + h * sh, C, sc, sw, W, sq.data());
+      add_row_squares<scalar_t, acc_t, false>(g + h * sh, C, sc, sw, W, sq);
     }
     for (int64_t w = 0; w < W; ++w) columns[w] += std::sqrt(sq[w] / channels);
   }
@@ -123,9 +123,11 @@ void cell_saliency(const at::Tensor& grad, int64_t p, acc_t* cells) {
   const scalar_t* g = grad.const_data_ptr<scalar_t>();
   // One task per (sample, cell row): B*p tasks keep both cores busy even for small batches.
   at::parallel_for(0, B * p, grain_for(C * ch * W), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(2 * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / p, i = task % p;
-      cell_strip<scalar_t, acc_t>(g + b * sb, C, sc, sh, sw, i * ch, ch, W, p, cells + task * p);
+      cell_strip<scalar_t, acc_t>(g + b * sb, C, sc, sh, sw, i * ch, ch, W, p, scratch.data(), scratch.data() + W,
+                                  cells + task * p);
     }
   });
 }
