@@ -26,7 +26,6 @@ benchmark issue (GPU only) for bench/README.md.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -235,17 +234,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    malloc = common.keep_freed_memory_in_heap() if device.type == "cpu" else "CUDA caching allocator"
+    device, env = common.start_run("bench_rmix.py", args.device, args.threads, argv)
     names = providers_to_time(device, args.providers)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes or DEFAULT_SHAPES[device.type]]
     dtypes = [getattr(torch, d) for d in args.dtypes or DEFAULT_DTYPES[device.type]]
-    command = "python bench/bench_rmix.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    env = {**common.environment(device, command.strip()), "allocator": malloc}
     peak = common.peak_copy_gbps(device)
     print(f"# {env['device_name']} | torch {env['torch']} | triton {env['triton']} | providers {names} | "
           f"large copy {peak:.1f} GB/s", flush=True)  # fmt: skip

@@ -21,7 +21,6 @@ bench/results/step-<device>-<date>.json and .png.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -211,16 +210,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    malloc = common.keep_freed_memory_in_heap() if device.type == "cpu" else "CUDA caching allocator"
+    device, env = common.start_run("bench_step.py", args.device, args.threads, argv)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    command = "python bench/bench_step.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    env = {**common.environment(device, command.strip()), "allocator": malloc}
     print(f"# {env['device_name']} | torch {env['torch']} | triton {env['triton']}", flush=True)
 
     rows = []

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +164,19 @@ def environment(device: torch.device, command: str) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
     }
+
+
+def start_run(script: str, device: str, threads: int | None, argv: list[str] | None) -> tuple[torch.device, dict]:
+    """What every benchmark does first: the device (refusing CUDA without a GPU), the thread count, the
+    allocator setting, and the environment record with the exact command."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch.cuda.is_available() is False")
+    if threads:
+        torch.set_num_threads(threads)
+    allocator = keep_freed_memory_in_heap() if dev.type == "cpu" else "CUDA caching allocator"
+    command = f"python bench/{script} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return dev, {**environment(dev, command.strip()), "allocator": allocator}
 
 
 def results_stem(device: torch.device, name: str) -> Path:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_rmix  # noqa: E402
 import bench_step  # noqa: E402
+import report  # noqa: E402
 from paper_baseline import paper_input_gradient, paper_rmix  # noqa: E402
 
 
@@ -79,6 +80,8 @@ def test_bench_rmix_writes_every_figure(tmp_path):
         if r["provider"] == "paper":
             assert r["speedup_vs_paper"] == 1.0
     assert saved["goals"] == []  # the goals are GPU goals
+    table = report.main([str(stem.with_suffix(".json"))])
+    assert "| 4×3×16×16 | float32 | channels_last | 16 |" in table and "cpp × paper" in table
 
 
 def test_bench_rmix_rejects_unknown_provider():
@@ -108,6 +111,8 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
         assert per["agreement_per_level"][0] == 1.0  # q = 0: every cell is top in both masks
         assert all(0.0 <= v <= 1.0 for v in per["agreement_per_level"] + per["other_image_per_level"])
     assert 0.0 < agree["agreement"] <= 1.0
+    table = report.main([str(stem.with_suffix(".json"))])
+    assert "rmix_fast_half" in table and "Half-resolution mask agreement, small_cnn" in table
 
 
 @pytest.mark.parametrize(
