@@ -14,6 +14,8 @@ OUT=${OUT:-/tmp/rmix-gpu-out}
 mkdir -p "$OUT"
 STAGES=${STAGES-"build tests bench_rmix bench_step"}
 PY=${PY:-python3}
+# The package is not installed there: import it from this checkout (and its freshly built _C).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -25,7 +27,7 @@ note "versions: $(tr '\n' ' ' <"$OUT/versions.txt")"
 if wants build; then
   # Hopper only: sm_90 machine code, no PTX JIT at start-up.
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 RMIX_FAST_REQUIRE_EXT=1 \
-    timeout 150 $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1
+    timeout 130 $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1
   note "build rc=$? ($(grep -c 'error' "$OUT/build.log") lines mention error)"
 fi
 $PY - <<'EOF' >"$OUT/backends.txt" 2>&1
@@ -37,13 +39,13 @@ note "backends on cuda: $(tr '\n' ';' <"$OUT/backends.txt")"
 
 if wants tests; then
   # Every backend against the reference on CUDA tensors (Triton compiled, not interpreted; cpp's CUDA kernel).
-  timeout 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_rmix.py tests/test_blend_regions.py \
+  timeout 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_rmix.py tests/test_blend_regions.py \
     tests/test_rmix_autograd.py tests/test_mixers.py tests/test_input_gradient.py >"$OUT/pytest-gpu.log" 2>&1
   note "gpu tests rc=$?: $(tail -1 "$OUT/pytest-gpu.log")"
 fi
 
 if wants bench_rmix; then
-  timeout 180 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
+  timeout 220 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
   note "bench_rmix rc=$?"
 fi
 
