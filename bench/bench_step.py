@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    train_images=train_n, test_images=test_n)  # fmt: skip
         agreement.append(r)
         print(f"half-resolution mask agreement, {name} @ {size} (test accuracy {r['test_accuracy']:.1f} %): "
-              f"{100 * r['agreement']:.1f} % of cells (another image's mask: {100 * r['other_image']:.1f} %)",
-              flush=True)  # fmt: skip
+              f"{100 * r['agreement']:.1f} % of cells (another image's mask: {100 * r['other_image']:.1f} %; "
+              f"full resolution, batch regrouped: {100 * r['regrouped_batch']:.1f} %)", flush=True)  # fmt: skip
 
     stem = args.out or common.results_stem(device, "step")
     payload = {**env, "reps": args.reps, "warmup": args.warmup, "cases": rows, "mask_agreement": agreement}

@@ -81,14 +81,15 @@ def step_table(run: dict) -> str:
         out += ["", f"Half-resolution mask agreement, {a['model']} at {a['image_size']}² trained {a['train_steps']} "
                 f"steps on shapes (test accuracy {a['test_accuracy']:.1f} %), {a['test_images']} held-out images: "
                 f"**{100 * a['agreement']:.1f} %** of cells identical (a different image's mask at the same q: "
-                f"{100 * a['other_image']:.1f} %).", "",
+                f"{100 * a['other_image']:.1f} %; the full-resolution mask with the batch regrouped: "
+                f"{100 * a['regrouped_batch']:.1f} %).", "",
                 "| p | " + " | ".join(f"q={q:g}" for q in a["levels"]) + " | mean |",
                 "|" + "---|" * (len(a["levels"]) + 2)]  # fmt: skip
+        rows = (("agreement", ""), ("other_image", " (other image)"), ("regrouped_batch", " (full, regrouped)"))
         for p, v in a["per_grid"].items():
-            out.append(f"| {p} | " + " | ".join(f"{100 * x:.0f} %" for x in v["agreement_per_level"])
-                       + f" | {100 * v['agreement']:.1f} % |")  # fmt: skip
-            out.append(f"| {p} (other image) | " + " | ".join(f"{100 * x:.0f} %" for x in v["other_image_per_level"])
-                       + f" | {100 * v['other_image']:.1f} % |")  # fmt: skip
+            for kind, label in rows:
+                levels = " | ".join(f"{100 * x:.0f} %" for x in v[f"{kind}_per_level"])
+                out.append(f"| {p}{label} | {levels} | {100 * v[kind]:.1f} % |")
     return "\n".join(out)
 
 

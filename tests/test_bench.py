@@ -109,6 +109,7 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
     for p in ("2", "4"):
         per = agree["per_grid"][p]
         assert per["agreement_per_level"][0] == 1.0  # q = 0: every cell is top in both masks
+        assert per["regrouped_batch_per_level"][0] == 1.0
         assert all(0.0 <= v <= 1.0 for v in per["agreement_per_level"] + per["other_image_per_level"])
     assert 0.0 < agree["agreement"] <= 1.0
     table = report.main([str(stem.with_suffix(".json"))])
