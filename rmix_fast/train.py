@@ -30,7 +30,7 @@ import rmix_fast
 from rmix_fast.batches import AUGMENT, MIX, epoch_batches, iterate_batches, seeded, to_pixels
 from rmix_fast.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from rmix_fast.data import DATASET_NAMES, build_dataset
-from rmix_fast.distributed import DistEnv, setup_distributed
+from rmix_fast.distributed import DistEnv, exit_worker, in_torchrun_job, setup_distributed
 from rmix_fast.evaluate import AMP_MODES, amp_autocast, default_device, evaluate_model, print_results, write_plots
 from rmix_fast.losses import SoftTargetCrossEntropy
 from rmix_fast.mixers import CutMix, Mixup, RMix, soft_targets
@@ -39,7 +39,7 @@ from rmix_fast.pixel_model import PixelClassifier
 from rmix_fast.progress import ProgressBar, format_duration
 from rmix_fast.saliency import BATCHNORM_MODES, input_gradient
 
-__all__ = ["METHODS", "build_parser", "main", "parse_args"]
+__all__ = ["METHODS", "build_parser", "cli", "main", "parse_args"]
 
 METHODS = ("vanilla", "mixup", "cutmix", "rmix")
 SCHEDULERS = ("onecycle", "multistep")
@@ -554,5 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """The ``rmix-train`` command: ``main()``, then an exit that a ``torchrun`` worker survives."""
+    code = main()
+    if in_torchrun_job():
+        exit_worker(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()
