@@ -206,11 +206,7 @@ def check_goals(rows: list[dict], device: torch.device) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     cases = list(dict.fromkeys((r["shape"], r["dtype"], r["layout"], r["grid"]) for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(cases) + 3), 8), sharex=True)
@@ -230,9 +226,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[0].set_title(title)
     labels = [f"{s}\n{d} {'NHWC' if lay == 'channels_last' else 'NCHW'} p={p}" for s, d, lay, p in cases]
     axes[1].set_xticks(range(len(cases)), labels, rotation=45, ha="right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
@@ -140,7 +141,7 @@ class StepRunner:
         elif method == "cutmix":
             self._train_on(*self.cutmix(x, y))
         elif method == "paper":
-            grad = paper_input_gradient(self.model, x, y, self.loss_hard, self.opt, self.autocast)
+            grad = paper_input_gradient(self.model, x, y, F.cross_entropy, self.opt, self.autocast)
             p = sample_rmix_params(x.shape[0], generator=self.gen, device=x.device)
             mixed, lam_eff = paper_rmix(x, grad, p.perm, p.lam, p.q, p.grid)
             t = soft_targets(y, K)
@@ -151,9 +152,6 @@ class StepRunner:
             self._train_on(*self.rmix(x, y, grad))
         else:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-    def loss_hard(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits, y)
 
     def peak_memory_mb(self, method: str) -> float | None:
         if self.device.type != "cuda":
@@ -182,11 +180,7 @@ def time_case(case: StepCase, methods: list[str], device: torch.device, reps: in
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     cases = list(dict.fromkeys(r["case"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(7, 3.5 * len(cases)), 4.5))
@@ -197,15 +191,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         vals = [by_case[c]["ratio_to_vanilla"] if c in by_case else 0 for c in cases]
         bars = ax.bar(xs, vals, width, label=m)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    for goal, style in ((1.6, "--"), (1.25, ":")):
+    for goal, style in zip(GOALS.values(), ("--", ":"), strict=True):
         ax.axhline(goal, color="grey", linestyle=style, linewidth=0.8)
     ax.set_ylabel("time per step / vanilla (same run)")
     ax.set_xticks(range(len(cases)), cases, fontsize=8)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,17 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from rmix_fast import input_gradient, reference
+from rmix_fast.batches import to_pixels
 from rmix_fast.data import build_dataset
-from rmix_fast.data.augment import crop_flip
 from rmix_fast.models import build_model
+from rmix_fast.pixel_model import PixelClassifier
 from rmix_fast.sampling import paper_levels
-
-
-def _normalised(images: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
-    x = images.to(device=device, dtype=torch.float32) / 255
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 def train_briefly(model, data, device: torch.device, *, steps: int, batch: int, seed: int) -> float:
@@ -44,7 +38,7 @@ def train_briefly(model, data, device: torch.device, *, steps: int, batch: int, 
     start = time.perf_counter()
     for _ in range(steps):
         idx = torch.randint(len(data.labels), (batch,), generator=g)
-        x = _normalised(crop_flip(data.images[idx], generator=g), data.mean, data.std, device)
+        x = to_pixels(data.images[idx].to(device), augment=True, generator=g)
         loss = F.cross_entropy(model(x), data.labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -58,7 +52,7 @@ def accuracy(model, data, device: torch.device, batch: int = 256) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(data.labels), batch):
-        x = _normalised(data.images[i : i + batch], data.mean, data.std, device)
+        x = to_pixels(data.images[i : i + batch].to(device), augment=False)
         correct += int((model(x).argmax(1).cpu() == data.labels[i : i + batch]).sum())
     model.train()
     return 100.0 * correct / len(data.labels)
@@ -84,7 +78,7 @@ def agreement(model, data, device: torch.device, *, grids=(2, 4), levels: int = 
     cells = dict.fromkeys(grids, 0)
     model.train()  # the saliency pass runs in training mode, as in a training step
     for i in range(0, len(data.labels), batch):
-        x = _normalised(data.images[i : i + batch], data.mean, data.std, device)
+        x = to_pixels(data.images[i : i + batch].to(device), augment=False)
         y = data.labels[i : i + batch].to(device)
         grads = {
             "full": input_gradient(model, x, y, batchnorm="keep"),
@@ -120,7 +114,8 @@ def measure(model_name: str, image_size: int, device: torch.device, *, steps: in
     torch.manual_seed(seed)
     train = build_dataset("shapes", "train", image_size=image_size, seed=seed, size=train_images)
     test = build_dataset("shapes", "test", image_size=image_size, seed=seed, size=test_images)
-    model = build_model(model_name, len(train.classes)).to(device)
+    # Pixels in [0, 1], normalised inside the model: the saliency is taken on the pixels, as rmix-train does.
+    model = PixelClassifier(build_model(model_name, len(train.classes)), train.mean, train.std).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     seconds = train_briefly(model, train, device, steps=steps, batch=batch, seed=seed)

@@ -45,9 +45,9 @@ class DistEnv:
 def setup_distributed(device: torch.device) -> DistEnv:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1): NCCL for
     CUDA devices, gloo otherwise. A plain ``python`` run is a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not in_torchrun_job():
         return DistEnv()
+    world = int(os.environ["WORLD_SIZE"])
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
