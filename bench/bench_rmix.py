@@ -38,7 +38,7 @@ from paper_baseline import paper_rmix
 
 import rmix_fast
 from rmix_fast import reference
-from rmix_fast._backends import _max_grid, resolve_backend
+from rmix_fast.ops._backends import _max_grid, resolve_backend
 from rmix_fast.sampling import paper_levels
 
 DEFAULT_SHAPES = {

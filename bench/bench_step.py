@@ -37,8 +37,8 @@ import mask_agreement
 from paper_baseline import paper_input_gradient, paper_rmix
 
 from rmix_fast import CutMix, RMix, SoftTargetCrossEntropy, input_gradient, soft_targets
-from rmix_fast.models import build_model
 from rmix_fast.sampling import sample_rmix_params
+from rmix_fast.training.models import build_model
 
 METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half")
 # The goals for rmix_fast on a GPU, as ratios to vanilla.

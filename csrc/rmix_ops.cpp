@@ -215,7 +215,7 @@ at::Tensor run_blend_regions_backward(const at::Tensor& grad_out, const at::Tens
 
 TORCH_LIBRARY(rmix_fast, m) {
   // Fake kernels and autograd come from this Python module; torch imports it if they are needed first.
-  m.set_python_module("rmix_fast._ops");
+  m.set_python_module("rmix_fast.ops._registry");
   m.def("rmix_cpp(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate)"
         " -> (Tensor, Tensor, Tensor)");
   m.def("rmix_cpp_backward(Tensor grad_out, Tensor mask, Tensor perm, Tensor lam) -> Tensor");

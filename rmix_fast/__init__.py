@@ -1,13 +1,27 @@
 """rmix_fast: saliency-guided mixup (R-Mix) as fused kernels for PyTorch.
 
+The library: the ops (``rmix_fast.ops``), their pure-PyTorch ground truth (``rmix_fast.reference``), the
+mixers (``rmix_fast.mixers``), the saliency pass, the samplers, the losses and the mix pictures
+(``rmix_fast.viz``). The training application (``rmix-train``, ``rmix-eval``, the demo) lives in
+``rmix_fast.training``, which nothing here imports.
+
 Set ``TRITON_INTERPRET=1`` *before* importing this package to run the Triton backend on CPU
 tensors (the interpreter: exact, slow, for tests).
 """
 
-from rmix_fast._backends import BackendInfo, available_backends
-from rmix_fast.functional import BLEND, OWN, PARTNER, blend_regions, regions_from_mask, rmix, saliency_grid
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
 from rmix_fast.mixers import CutMix, MixParams, Mixup, RMix, soft_targets
+from rmix_fast.ops import (
+    BLEND,
+    OWN,
+    PARTNER,
+    BackendInfo,
+    available_backends,
+    blend_regions,
+    regions_from_mask,
+    rmix,
+    saliency_grid,
+)
 from rmix_fast.saliency import input_gradient
 from rmix_fast.sampling import RMixParams, sample_rmix_params
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BATCHNORM_MODES", "input_gradient"]
+__all__ = ["BATCHNORM_MODES", "input_gradient", "unwrap_model"]
 
 BATCHNORM_MODES = ("update", "keep", "eval")
 # fp16 gradients of a mean loss underflow deep in a network; the mask is scale-invariant, so the loss
@@ -30,7 +30,10 @@ def _default_loss(logits: Tensor, y: Tensor) -> Tensor:
     return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()  # soft targets
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a (Distributed)DataParallel wrapper, or ``model`` itself. Passes that need no
+    communication (saliency, attacks, CAMs) run around the wrapper: a backward through a DDP forward would
+    leave its reducer waiting for gradients that never come."""
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         return model.module
     return model
@@ -114,7 +117,7 @@ def input_gradient(
 
     H, W = x.shape[-2:]
     size = (max(1, round(H * resolution)), max(1, round(W * resolution)))
-    net = _unwrap(model)
+    net = unwrap_model(model)
     with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
         seen = x.detach()
         if size != (H, W):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RMixParams", "paper_levels", "sample_beta", "sample_rmix_params"]
+__all__ = ["RMixParams", "check_grids", "check_levels", "paper_levels", "sample_beta", "sample_rmix_params"]
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,24 @@ class RMixParams:
     grid: int
 
 
-def paper_levels(levels: int = 10, top: float = 0.99) -> Tensor:
-    """The paper's percentile space: ``levels`` equally spaced values in [0, top] (0, 0.11, ..., 0.99)."""
+def check_grids(grids: Sequence[int]) -> tuple[int, ...]:
+    """R-Mix's grid sizes: a non-empty sequence of ints >= 1, as a tuple."""
+    grids = tuple(grids)
+    if not grids or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in grids):
+        raise ValueError(f"grids must be a non-empty sequence of ints >= 1, got {grids!r}")
+    return grids
+
+
+def check_levels(levels: int) -> int:
+    """R-Mix's number of percentile levels: an int >= 1."""
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be an int >= 1, got {levels!r}")
+    return levels
+
+
+def paper_levels(levels: int = 10, top: float = 0.99) -> Tensor:
+    """The paper's percentile space: ``levels`` equally spaced values in [0, top] (0, 0.11, ..., 0.99)."""
+    check_levels(levels)
     return torch.linspace(0.0, top, levels, dtype=torch.float64) if levels > 1 else torch.zeros(1, dtype=torch.float64)
 
 
@@ -85,9 +99,7 @@ def sample_rmix_params(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
-    grids = tuple(grids)
-    if not grids or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in grids):
-        raise ValueError(f"grids must be a non-empty sequence of ints >= 1, got {grids!r}")
+    grids = check_grids(grids)
     space = paper_levels(levels)
     grid = grids[int(torch.randint(len(grids), (1,), generator=generator))]
     lam = sample_beta(alpha, batch_size if per_sample_lam else 1, generator)

@@ -18,8 +18,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from rmix_fast._validation import describe
-from rmix_fast.reference import BLEND, OWN, PARTNER, regions_from_mask
+from rmix_fast.ops._checks import describe
+from rmix_fast.ops._region_codes import BLEND, OWN, PARTNER
+from rmix_fast.reference import regions_from_mask
 
 __all__ = ["BLENDED", "OWN_KEPT", "PARTNER_KEPT", "REGION_COLORS", "mix_regions", "save_mix_grid"]
 

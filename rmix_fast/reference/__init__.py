@@ -1,41 +1,10 @@
-"""Pure-PyTorch reference implementations (ground truth for tests, CPU fallback)."""
+"""Pure-PyTorch references of the ops, one module per op: the ground truth for tests and the fallback
+backend. Imports only torch and the ops' leaf modules (codes, dtypes), never a kernel."""
 
-from rmix_fast.reference.rmix import (
-    BLEND,
-    OWN,
-    PARTNER,
-    accumulate_dtype,
-    blend,
-    blend_backward,
-    blend_regions,
-    blend_regions_backward,
-    cell_saliency,
-    label_weight,
-    lerp,
-    percentile_threshold,
-    region_label_weight,
-    regions_from_mask,
-    rmix_backward,
-    rmix_forward,
-    saliency_mask,
-)
+from rmix_fast.ops._dtypes import accumulate_dtype
+from rmix_fast.ops._region_codes import BLEND, OWN, PARTNER
+from rmix_fast.reference import blend_regions, rmix
+from rmix_fast.reference.blend_regions import *  # noqa: F403
+from rmix_fast.reference.rmix import *  # noqa: F403
 
-__all__ = [
-    "BLEND",
-    "OWN",
-    "PARTNER",
-    "accumulate_dtype",
-    "blend",
-    "blend_backward",
-    "blend_regions",
-    "blend_regions_backward",
-    "cell_saliency",
-    "label_weight",
-    "lerp",
-    "percentile_threshold",
-    "region_label_weight",
-    "regions_from_mask",
-    "rmix_backward",
-    "rmix_forward",
-    "saliency_mask",
-]
+__all__ = ["BLEND", "OWN", "PARTNER", "accumulate_dtype", *blend_regions.__all__, *rmix.__all__]

@@ -1,0 +1,16 @@
+"""The mixers, one module per method on one base (``Mixer``, an ``nn.Module``):
+``x_mix, y_soft = mixer(x, y, grad)``.
+
+All mix through the same blend engine (``blend_regions``): a mixup is a map that blends everywhere, a
+CutMix box is a map that takes the partner inside the box, and R-Mix's map comes from its thresholded
+saliency (``rmix``, which fuses the saliency and threshold steps in front of the same blend). Labels mix
+by the op's ``lam_eff``, the exact share of each sample's own pixels. What was drawn for the last batch is
+in ``mixer.last_params``.
+"""
+
+from rmix_fast.mixers.base import Mixer, MixParams, RegionMixer, soft_targets
+from rmix_fast.mixers.cutmix import CutMix
+from rmix_fast.mixers.mixup import Mixup
+from rmix_fast.mixers.rmix import RMix
+
+__all__ = ["CutMix", "MixParams", "Mixer", "Mixup", "RMix", "RegionMixer", "soft_targets"]

@@ -1,0 +1,179 @@
+"""The base of every mixer: argument checks, the ``prob`` draw, label mixing through ``lam_eff`` and
+``last_params``. A method supplies only its draw and its op call (``Mixer.mix``), or only its region map
+(``RegionMixer.draw_regions``).
+
+A mixer is an ``nn.Module``, so a learned one has ``.to()``, ``state_dict()`` (checkpointed with the run
+by ``rmix-train``) and can sit under DDP; the methods here hold no state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from rmix_fast.ops import blend_regions, regions_from_mask
+from rmix_fast.sampling import sample_beta
+
+__all__ = ["MixParams", "Mixer", "RegionMixer", "check_number", "soft_targets"]
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """What a mixer drew for one batch (all on the batch's device; ``None`` where a field does not apply)."""
+
+    applied: bool  # False when the batch was passed through (probability 1 - prob)
+    perm: Tensor | None = None  # (B,) partner of each sample
+    lam: Tensor | None = None  # (B,) float32 blend weight drawn from Beta(alpha, alpha)
+    lam_eff: Tensor | None = None  # (B,) float32 weight of each sample's own label
+    regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
+    grid: int | None = None  # R-Mix: p
+    q: Tensor | None = None  # R-Mix: (B,) percentile levels
+    mask: Tensor | None = None  # R-Mix: (B, p, p) bool top mask
+    box: Tensor | None = None  # CutMix: (B, 4) int64 rows [y0, y1) and columns [x0, x1) taken from the partner
+
+    def region_map(self) -> Tensor | None:
+        """(B, gh, gw) int8 codes of how each cell of each mixed image was made (``BLEND``, ``OWN``,
+        ``PARTNER``): the drawn map, or R-Mix's from its top mask; None when nothing was mixed."""
+        if self.regions is not None:
+            return self.regions
+        if self.mask is not None and self.perm is not None:
+            return regions_from_mask(self.mask, self.perm)
+        return None
+
+
+def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
+    """(B,) integer labels or (B, K) soft targets -> (B, K) float32 targets, smoothed towards uniform:
+    ``t * (1 - label_smoothing) + label_smoothing / K`` (for one-hot labels, timm's on/off values)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() == 1:
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise TypeError(f"y of shape (B,) must hold integer class labels, got dtype {y.dtype}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
+            )
+        t = torch.nn.functional.one_hot(y.long(), num_classes).to(torch.float32)
+    elif y.dim() == 2:
+        if y.shape[1] != num_classes or not y.is_floating_point():
+            raise ValueError(f"soft targets must be a float (B, {num_classes}) tensor, got {y.dtype} {tuple(y.shape)}")
+        t = y.to(torch.float32)
+    else:
+        raise ValueError(f"y must be (B,) labels or (B, {num_classes}) soft targets, got shape {tuple(y.shape)}")
+    return t * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else t
+
+
+def check_number(name: str, value: object, lo: float, hi: float, *, open_lo: bool = False) -> float:
+    """A finite real number in [lo, hi] (or (lo, hi] with ``open_lo``), as a float."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo < value if open_lo else lo <= value) and value <= hi
+    if not ok:
+        raise ValueError(f"{name} must be a number in {'(' if open_lo else '['}{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+class Mixer(nn.Module):
+    """Mixes a batch and its labels: ``x_mix, y_soft = mixer(x, y, grad)``.
+
+    Args:
+        num_classes: K of the (B, K) soft targets.
+        alpha: lam ~ Beta(alpha, alpha).
+        prob: probability that a batch is mixed (else it passes through, with its one-hot targets).
+        label_smoothing: smoothing of the targets towards uniform, before mixing.
+        per_sample_lam: one lam per sample instead of one per batch.
+        generator: CPU ``torch.Generator`` of every draw (None: the global RNG), so a seed gives the same
+            draws on every device.
+        backend: kernel backend of the op calls ("auto", "reference", "triton", "cpp").
+
+    Subclasses implement ``mix``; a method that needs the input gradient sets ``needs_grad``.
+    """
+
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        label_smoothing: float = 0.0,
+        per_sample_lam: bool = False,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU generator (draws are made on the CPU), got {generator.device}")
+        self.num_classes = num_classes
+        self.alpha = check_number("alpha", alpha, 0.0, math.inf, open_lo=True)
+        self.prob = check_number("prob", prob, 0.0, 1.0)
+        self.label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.per_sample_lam = bool(per_sample_lam)
+        self.generator = generator
+        self.backend = backend
+        self.last_params: MixParams | None = None
+
+    def forward(self, x: Tensor, y: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, C, H, W) images, (B,) labels or (B, K) soft targets [, (B, C, H, W) input gradient] ->
+        (mixed images like x, (B, num_classes) float32 soft targets)."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be a 4-D tensor (B, C, H, W), got {x!r:.80}")
+        if isinstance(y, Tensor) and y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"y must have x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
+        if self.needs_grad and grad is None:
+            raise ValueError(f"{type(self).__name__} needs grad: pass rmix_fast.input_gradient(model, x, y)")
+        targets = soft_targets(y, self.num_classes, self.label_smoothing).to(x.device)
+        if self.prob < 1.0 and float(torch.rand((), generator=self.generator)) >= self.prob:
+            self.last_params = MixParams(applied=False)
+            return x, targets
+        mixed, params = self.mix(x, grad)
+        self.last_params = params
+        # lerp is exact where both targets agree (e.g. B = 1: a sample mixed with itself keeps its label)
+        return mixed, torch.lerp(targets[params.perm], targets, params.lam_eff.unsqueeze(1))
+
+    def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
+        """The method: draw, mix the pixels, and say what was drawn (``perm`` and ``lam_eff`` at least)."""
+        raise NotImplementedError
+
+    def draw_lam(self, batch: int) -> Tensor:
+        """(B,) float32 lam ~ Beta(alpha, alpha): one per batch, repeated, or one per sample."""
+        lam = sample_beta(self.alpha, batch if self.per_sample_lam else 1, self.generator)
+        return lam.to(torch.float32).expand(batch).contiguous()
+
+    def saliency_map(self, grad: Tensor, params: MixParams) -> Tensor | None:
+        """The (B, h, w) saliency the method's regions were built from, for pictures; None without one."""
+        return None
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, alpha={self.alpha}, prob={self.prob}, "
+            f"label_smoothing={self.label_smoothing}, per_sample_lam={self.per_sample_lam}, backend={self.backend!r}"
+        )
+
+
+class RegionMixer(Mixer):
+    """A method whose mix is a region code map drawn from lam and the image size (Mixup, CutMix): per batch
+    lam, then the map (``draw_regions``), then the partners; the blend engine does the rest."""
+
+    def draw_regions(self, lam: Tensor, height: int, width: int, device: torch.device) -> tuple[Tensor, dict[str, Any]]:
+        """(B, gh, gw) int8 codes on ``device`` for the (B,) ``lam``, and any further ``MixParams`` fields."""
+        raise NotImplementedError
+
+    def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
+        B, _, H, W = x.shape
+        lam = self.draw_lam(B)
+        regions, extra = self.draw_regions(lam, H, W, x.device)
+        perm = torch.randperm(B, generator=self.generator)
+        perm, lam = perm.to(x.device), lam.to(x.device)
+        # the draws are valid by construction: skip the content checks and their sync
+        mixed, lam_eff = blend_regions(x, perm=perm, lam=lam, regions=regions, backend=self.backend, validate=False)
+        return mixed, MixParams(True, perm, lam, lam_eff, regions=regions, **extra)

@@ -1,0 +1,18 @@
+"""The ops, one module per op: its public function and its ``OpSpec`` (registered on every backend at
+import). Kernels live in ``ops._triton.<op>`` and ``csrc/``, the ground truth in ``rmix_fast.reference.<op>``."""
+
+from rmix_fast.ops._backends import BackendInfo, available_backends
+from rmix_fast.ops.blend_regions import BLEND, OWN, PARTNER, blend_regions, regions_from_mask
+from rmix_fast.ops.rmix import rmix, saliency_grid
+
+__all__ = [
+    "BLEND",
+    "OWN",
+    "PARTNER",
+    "BackendInfo",
+    "available_backends",
+    "blend_regions",
+    "regions_from_mask",
+    "rmix",
+    "saliency_grid",
+]

@@ -1,1 +1,0 @@
-"""Fused Triton kernels for R-Mix. Importing this module requires ``triton``."""

@@ -1,0 +1,64 @@
+"""A few R-Mix training steps under DistributedDataParallel, run by ``tests/test_ddp.py`` as
+``torchrun --nproc_per_node=2 -m tests.helpers.ddp_worker OUT_DIR`` (gloo, CPU). Each rank writes what the
+test checks to ``OUT_DIR/rank<r>.json``: its losses, a hash of its parameters (bits) after every step, and
+whether each step's mixed batch was built from that rank's own images only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import rmix_fast
+from rmix_fast import reference
+from rmix_fast.training.distributed import exit_worker
+from tests.helpers.toy_task import CLASS_NAMES, SmallCNN, make_shapes
+
+STEPS = 4
+
+
+def main(out_dir: str) -> NoReturn:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    model = DistributedDataParallel(SmallCNN())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = torch.Generator().manual_seed(100 + rank)  # each rank its own shard of data
+    mixer = rmix_fast.RMix(len(CLASS_NAMES), generator=torch.Generator().manual_seed(200 + rank))
+    loss_fn = rmix_fast.SoftTargetCrossEntropy()
+    record = {"rank": rank, "world": world, "losses": [], "checksums": [], "local": [], "grads_untouched": []}
+    for _ in range(STEPS):
+        x, y = make_shapes(16, data)
+        before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        grad = rmix_fast.input_gradient(model, x, y)
+        after = [p.grad for p in model.parameters()]
+        record["grads_untouched"].append(
+            all(
+                (a is None and b is None) or (a is not None and torch.equal(a, b))
+                for a, b in zip(after, before, strict=True)
+            )
+        )
+        x_mix, y_soft = mixer(x, y, grad)
+        p = mixer.last_params
+        want, _, _ = reference.rmix_forward(x, grad, p.perm, p.lam, p.q, p.grid)  # from this rank's x only
+        record["local"].append(bool(torch.equal(x_mix, want)) and sorted(p.perm.tolist()) == list(range(16)))
+        loss = loss_fn(model(x_mix), y_soft)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record["losses"].append(float(loss))
+        flat = torch.cat([t.detach().flatten() for t in model.module.parameters()])
+        record["checksums"].append(hashlib.sha256(flat.numpy().tobytes()).hexdigest())
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+    exit_worker(0)  # the teardown of a gloo worker can abort at exit: see exit_worker
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,226 @@
+"""The mixers (``RMix``, ``Mixup``, ``CutMix``), ``soft_targets`` and the soft-target losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rmix_fast
+from rmix_fast import BLEND, OWN, PARTNER, reference
+from tests.helpers.cases import BACKENDS, DEVICE
+
+MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix]
+K = 5
+
+
+def batch(B: int = 6, H: int = 16, W: int = 16, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(B, 3, H, W, generator=g).to(dtype).to(DEVICE)
+    grad = torch.randn(B, 3, H, W, generator=g).to(DEVICE)
+    y = torch.randint(K, (B,), generator=g).to(DEVICE)
+    return x, y, grad
+
+
+def make(cls, seed: int = 0, **kwargs):
+    return cls(K, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def expected_targets(y, params, smoothing=0.0):
+    t = rmix_fast.soft_targets(y, K, smoothing)
+    lam = params.lam_eff[:, None].double()
+    return (lam * t.double() + (1 - lam) * t[params.perm].double()).float()
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_follow_the_drawn_parameters(cls, backend):
+    x, y, grad = batch()
+    mixer = make(cls, backend=backend)
+    x_mix, y_soft = mixer(x, y, grad)
+    p = mixer.last_params
+    assert p.applied and x_mix.shape == x.shape and x_mix.dtype == x.dtype
+    assert y_soft.shape == (6, K) and y_soft.dtype == torch.float32
+    torch.testing.assert_close(y_soft.sum(1), torch.ones(6, device=DEVICE))
+    torch.testing.assert_close(y_soft, expected_targets(y, p))
+    if cls is rmix_fast.RMix:
+        want, want_lam_eff, want_mask = reference.rmix_forward(x, grad, p.perm, p.lam, p.q, p.grid)
+        assert p.grid in (2, 4) and torch.equal(p.mask, want_mask)
+    elif cls is rmix_fast.Mixup:
+        want, want_lam_eff = reference.blend_regions_forward(x, torch.zeros(6, 1, 1, dtype=torch.int8), p.perm, p.lam)
+    else:
+        y0, y1, x0, x1 = p.box[0].tolist()
+        want = x.clone()
+        want[:, :, y0:y1, x0:x1] = x[p.perm][:, :, y0:y1, x0:x1]
+        want_lam_eff = torch.full((6,), 1 - (y1 - y0) * (x1 - x0) / 256, device=DEVICE)
+    torch.testing.assert_close(x_mix, want)
+    torch.testing.assert_close(p.lam_eff, want_lam_eff)
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_same_seed_same_outputs(cls):
+    x, y, grad = batch()
+    a = make(cls, seed=3)(x, y, grad)
+    b = make(cls, seed=3)(x, y, grad)
+    c = make(cls, seed=4)(x, y, grad)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+@pytest.mark.parametrize("B", [1, 2, 7])
+def test_small_and_odd_batches(cls, B):
+    x, y, grad = batch(B=B)
+    x_mix, y_soft = make(cls)(x, y, grad)
+    assert x_mix.shape == x.shape and y_soft.shape == (B, K)
+    if B == 1:  # mixed with itself: unchanged, with its own label
+        assert torch.equal(x_mix, x)
+        assert torch.equal(y_soft, F.one_hot(y, K).float())
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_prob_passes_some_batches_through(cls):
+    x, y, grad = batch()
+    mixer = make(cls, prob=0.5)
+    applied = []
+    for _ in range(40):
+        x_mix, y_soft = mixer(x, y, grad)
+        applied.append(mixer.last_params.applied)
+        if not mixer.last_params.applied:
+            assert x_mix is x and torch.equal(y_soft, F.one_hot(y, K).float())
+    assert 5 < sum(applied) < 35
+    never = make(cls, prob=0.0)
+    assert never(x, y, grad)[0] is x and not never.last_params.applied
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_label_smoothing(cls):
+    x, y, grad = batch()
+    mixer = make(cls, label_smoothing=0.1)
+    _, y_soft = mixer(x, y, grad)
+    torch.testing.assert_close(y_soft, expected_targets(y, mixer.last_params, 0.1))
+    assert float(y_soft.min()) >= 0.1 / K - 1e-7
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_soft_target_input(cls):
+    x, _, grad = batch()
+    soft = F.softmax(torch.randn(6, K, generator=torch.Generator().manual_seed(1)), dim=1).to(DEVICE)
+    mixer = make(cls)
+    _, y_soft = mixer(x, soft, grad)
+    p = mixer.last_params
+    want = p.lam_eff[:, None] * soft + (1 - p.lam_eff[:, None]) * soft[p.perm]
+    torch.testing.assert_close(y_soft, want)
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_per_sample_lam(cls):
+    x, y, grad = batch(B=8)
+    mixer = make(cls, per_sample_lam=True)
+    mixer(x, y, grad)
+    p = mixer.last_params
+    assert p.lam.unique().numel() == 8
+    if cls is rmix_fast.CutMix:
+        assert p.box.unique(dim=0).shape[0] > 1  # one box per sample
+        area = (p.box[:, 1] - p.box[:, 0]) * (p.box[:, 3] - p.box[:, 2])
+        torch.testing.assert_close(p.lam_eff, 1 - area.float() / 256)
+
+
+@pytest.mark.parametrize("cls", MIXERS)
+def test_channels_last_and_bf16(cls):
+    x, y, grad = batch(dtype=torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    x_mix, y_soft = make(cls)(x, y, grad)
+    assert x_mix.dtype == torch.bfloat16 and x_mix.is_contiguous(memory_format=torch.channels_last)
+    assert y_soft.dtype == torch.float32
+
+
+def test_cutmix_uses_a_coarse_code_map_when_box_edges_allow():
+    x, y, _ = batch(H=32, W=32)
+    mixer = make(rmix_fast.CutMix)
+    for _ in range(10):
+        mixer(x, y)
+        y0, y1, x0, x1 = mixer.last_params.box[0].tolist()
+        regions = mixer.last_params.regions
+        assert 32 % regions.shape[1] == 0 and 32 % regions.shape[2] == 0
+        codes = reference.blend_regions._cells_to_pixels(regions, 32, 32)[:, 0]
+        want = torch.full((6, 32, 32), OWN, dtype=torch.int8)
+        want[:, y0:y1, x0:x1] = PARTNER
+        assert torch.equal(codes.cpu(), want)
+        assert BLEND not in codes
+
+
+def test_mixing_is_differentiable_when_x_requires_grad():
+    x, y, grad = batch()
+    x.requires_grad_(True)
+    x_mix, _ = make(rmix_fast.RMix)(x, y, grad)
+    x_mix.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "error", "match"),
+    [
+        (rmix_fast.RMix, {"alpha": 0.0}, ValueError, "alpha must be"),
+        (rmix_fast.Mixup, {"prob": 1.5}, ValueError, "prob must be"),
+        (rmix_fast.CutMix, {"label_smoothing": -0.1}, ValueError, "label_smoothing must be"),
+        (rmix_fast.RMix, {"grids": ()}, ValueError, "grids must be"),
+        (rmix_fast.RMix, {"grids": (2, 0)}, ValueError, "grids must be"),
+        (rmix_fast.RMix, {"levels": 0}, ValueError, "levels must be"),
+        (rmix_fast.Mixup, {"generator": 3}, TypeError, "generator must be"),
+    ],
+)
+def test_bad_construction(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cls(K, **kwargs)
+    with pytest.raises(ValueError, match="num_classes"):
+        cls(0)
+
+
+def test_bad_calls():
+    x, y, grad = batch()
+    with pytest.raises(ValueError, match="RMix needs grad"):
+        make(rmix_fast.RMix)(x, y)
+    with pytest.raises(ValueError, match=r"grids \[4\] do not divide"):
+        make(rmix_fast.RMix, grids=(2, 4))(x[..., :6, :6], y, grad[..., :6, :6])
+    with pytest.raises(ValueError, match="labels must lie in"):
+        make(rmix_fast.Mixup)(x, y + K)
+    with pytest.raises(ValueError, match="batch size"):
+        make(rmix_fast.Mixup)(x, y[:3])
+    with pytest.raises(ValueError, match="soft targets"):
+        make(rmix_fast.Mixup)(x, torch.rand(6, K + 1, device=DEVICE))
+    with pytest.raises(TypeError, match="integer class labels"):
+        make(rmix_fast.Mixup)(x, y.float())
+    with pytest.raises(ValueError, match="grad must have x's shape"):
+        make(rmix_fast.RMix)(x, y, grad[:, :1])
+
+
+def test_soft_target_cross_entropy():
+    logits = torch.randn(6, K)
+    y = torch.randint(K, (6,))
+    loss = rmix_fast.SoftTargetCrossEntropy()
+    torch.testing.assert_close(loss(logits, F.one_hot(y, K).float()), F.cross_entropy(logits, y))
+    soft = F.softmax(torch.randn(6, K), dim=1)
+    want = -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+    torch.testing.assert_close(loss(logits, soft), want)
+    with pytest.raises(ValueError, match="target must be"):
+        loss(logits, y)
+    with pytest.raises(ValueError, match="logits must be"):
+        loss(logits[0], soft[0])
+
+
+def test_soft_target_bce():
+    logits = torch.randn(6, K)
+    soft = F.softmax(torch.randn(6, K), dim=1)
+    by_hand = -(soft * F.logsigmoid(logits) + (1 - soft) * F.logsigmoid(-logits))
+    torch.testing.assert_close(rmix_fast.SoftTargetBCEWithLogits()(logits, soft), by_hand.mean())
+    torch.testing.assert_close(rmix_fast.SoftTargetBCEWithLogits("sum_classes")(logits, soft), by_hand.sum(1).mean())
+    with pytest.raises(ValueError, match="reduction"):
+        rmix_fast.SoftTargetBCEWithLogits("none")
+
+
+def test_losses_under_bf16_autocast_are_float32():
+    logits = torch.randn(6, K).bfloat16()
+    soft = F.softmax(torch.randn(6, K), dim=1)
+    assert rmix_fast.SoftTargetCrossEntropy()(logits, soft).dtype == torch.float32
+    assert rmix_fast.SoftTargetBCEWithLogits()(logits, soft).dtype == torch.float32

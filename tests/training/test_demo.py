@@ -1,0 +1,35 @@
+"""The demo (the README's main command) runs every method on the same budget and reports real numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rmix_fast.training import demo
+
+
+def test_demo_compares_methods_and_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--epochs", "1", "--train-size", "80", "--test-size", "40", "--no-progress"]
+    assert demo.main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == list(demo.DEFAULT_METHODS)
+    for method, r in results.items():
+        # The table prints the numbers of the runs' own metrics.json files.
+        final = json.loads((out / method / "metrics.json").read_text())["final"]
+        assert r["top1"] == final["top1"]
+        line = next(line for line in printed.splitlines() if re.match(rf"{method}\s+\d", line))  # its table row
+        assert f"{final['top1']:.2f}" in line and f"{final['ece']:.2f}" in line
+        for png in ("curves.png", "reliability.png", "mixed_samples.png"):
+            assert (out / method / png).is_file()
+    assert (out / "comparison.png").stat().st_size > 1000
+
+
+def test_demo_rejects_bad_budgets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        demo.main(["--epochs", "0"])
+    assert "--epochs must be >= 1" in capsys.readouterr().err
