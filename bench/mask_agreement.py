@@ -25,8 +25,7 @@ from rmix_fast import input_gradient, reference
 from rmix_fast.sampling import paper_levels
 from rmix_fast.training.batches import to_pixels
 from rmix_fast.training.data import build_dataset
-from rmix_fast.training.models import build_model
-from rmix_fast.training.pixel_model import PixelClassifier
+from rmix_fast.training.models import PixelClassifier, build_model
 
 
 def train_briefly(model, data, device: torch.device, *, steps: int, batch: int, seed: int) -> float:

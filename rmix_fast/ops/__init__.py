@@ -1,7 +1,7 @@
 """The ops, one module per op: its public function and its ``OpSpec`` (registered on every backend at
 import). Kernels live in ``ops._triton.<op>`` and ``csrc/``, the ground truth in ``rmix_fast.reference.<op>``."""
 
-from rmix_fast.ops._backends import BackendInfo, available_backends
+from rmix_fast.ops._backends import BackendInfo, available_backends, resolve_backend
 from rmix_fast.ops.blend_regions import BLEND, OWN, PARTNER, blend_regions, regions_from_mask
 from rmix_fast.ops.rmix import rmix, saliency_grid
 
@@ -13,6 +13,7 @@ __all__ = [
     "available_backends",
     "blend_regions",
     "regions_from_mask",
+    "resolve_backend",
     "rmix",
     "saliency_grid",
 ]

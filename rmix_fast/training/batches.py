@@ -1,10 +1,4 @@
-"""Which samples each step sees, and how a batch gets onto the device.
-
-Every random choice of an epoch (sample order, crop and flip) comes from a generator seeded by
-``(seed, epoch, rank, stream)``. Nothing depends on what ran before, so a run resumed at an epoch
-boundary sees exactly the batches an uninterrupted run would, and the number of DataLoader workers
-changes nothing.
-"""
+"""Which samples each step sees, and how a batch gets onto the device (the order's seed: ``seeding``)."""
 
 from __future__ import annotations
 
@@ -14,19 +8,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rmix_fast.training.data.augment import crop_flip, mix_seed
+from rmix_fast.training.data.augment import crop_flip
+from rmix_fast.training.seeding import ORDER, seeded
 
-__all__ = ["epoch_batches", "iterate_batches", "seeded", "to_pixels"]
-
-# Streams of one epoch's randomness, behind a tag of their own so they never share a seed with the
-# per-sample streams (seed, epoch, index) of the image-folder augmentation.
-_TAG = 0x6D6978  # "mix"
-ORDER, AUGMENT, MIX = 0, 1, 2
-
-
-def seeded(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from integers (``mix_seed``); different tuples give unrelated streams."""
-    return torch.Generator().manual_seed(mix_seed(_TAG, *parts))
+__all__ = ["epoch_batches", "iterate_batches", "to_pixels"]
 
 
 def epoch_batches(

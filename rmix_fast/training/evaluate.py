@@ -26,8 +26,7 @@ from rmix_fast.training.checkpoint import atomic_write_json, load_checkpoint
 from rmix_fast.training.data import build_dataset
 from rmix_fast.training.distributed import DistEnv
 from rmix_fast.training.metrics import Evaluator
-from rmix_fast.training.models import build_model
-from rmix_fast.training.pixel_model import PixelClassifier
+from rmix_fast.training.models import PixelClassifier, build_model
 
 __all__ = ["AMP_MODES", "amp_autocast", "default_device", "evaluate_model", "main", "print_results", "write_plots"]
 

@@ -30,7 +30,7 @@ import rmix_fast
 from rmix_fast.losses import SoftTargetCrossEntropy
 from rmix_fast.mixers import CutMix, Mixup, RMix, soft_targets
 from rmix_fast.saliency import BATCHNORM_MODES, input_gradient
-from rmix_fast.training.batches import AUGMENT, MIX, epoch_batches, iterate_batches, seeded, to_pixels
+from rmix_fast.training.batches import epoch_batches, iterate_batches, to_pixels
 from rmix_fast.training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from rmix_fast.training.data import DATASET_NAMES, build_dataset
 from rmix_fast.training.distributed import DistEnv, exit_worker, in_torchrun_job, setup_distributed
@@ -42,9 +42,9 @@ from rmix_fast.training.evaluate import (
     print_results,
     write_plots,
 )
-from rmix_fast.training.models import MODEL_NAMES, build_model
-from rmix_fast.training.pixel_model import PixelClassifier
+from rmix_fast.training.models import MODEL_NAMES, PixelClassifier, build_model
 from rmix_fast.training.progress import ProgressBar, format_duration
+from rmix_fast.training.seeding import AUGMENT, MIX, seeded
 
 __all__ = ["METHODS", "build_parser", "cli", "main", "parse_args"]
 

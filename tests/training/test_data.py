@@ -23,7 +23,8 @@ from rmix_fast.training.data import (
     make_shapes,
 )
 from rmix_fast.training.data import shapes as shapes_mod
-from rmix_fast.training.data.augment import center_crop_resize, crop_flip, mix_seed, random_resized_crop
+from rmix_fast.training.data.augment import center_crop_resize, crop_flip, random_resized_crop
+from rmix_fast.training.seeding import mix_seed
 
 # ----------------------------------------------------------------------------------------------------- shapes
 

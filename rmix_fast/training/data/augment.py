@@ -16,31 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["center_crop_resize", "crop_flip", "mix_seed", "random_resized_crop"]
+__all__ = ["center_crop_resize", "crop_flip", "random_resized_crop"]
 
 Size = int | tuple[int, int]
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    """One step of the splitmix64 finaliser: a bijective, well-mixing map of 64-bit ints."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def mix_seed(*parts: int) -> int:
-    """A seed in [0, 2**63) from a tuple of ints (e.g. (seed, epoch, index)), for ``Generator.manual_seed``.
-
-    Nearby tuples give unrelated seeds (unlike ``seed + index``, where (0, 1) and (1, 0) collide), so
-    per-sample generators seeded this way give independent streams.
-    """
-    h = 0x243F6A8885A308D3  # arbitrary non-zero start
-    for p in parts:
-        h = _splitmix64(h ^ (int(p) & _MASK64))
-    return h >> 1
 
 
 def crop_flip(x: Tensor, *, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rmix_fast.training.data import InMemoryVisionDataset
+from rmix_fast.training.data.base import InMemoryVisionDataset
 
 __all__ = ["CIFAR_SPECS", "cifar_dataset", "find_cifar_root"]
 

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rmix_fast.training.data import VisionDataset
-from rmix_fast.training.data.augment import center_crop_resize, mix_seed, random_resized_crop
+from rmix_fast.training.data.augment import center_crop_resize, random_resized_crop
+from rmix_fast.training.data.base import VisionDataset
+from rmix_fast.training.seeding import mix_seed
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageFolderDataset", "pil_to_tensor"]
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rmix_fast.training.data import InMemoryVisionDataset
-from rmix_fast.training.data.augment import mix_seed
+from rmix_fast.training.data.base import InMemoryVisionDataset
+from rmix_fast.training.seeding import mix_seed
 
 __all__ = ["SHAPES_MEAN", "SHAPES_STD", "SHAPE_CLASSES", "make_shapes", "shapes_dataset"]
 

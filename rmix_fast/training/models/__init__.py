@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rmix_fast.training.models.base import ImageClassifier, check_positive_int
+from rmix_fast.training.models.pixel_classifier import PixelClassifier
 from rmix_fast.training.models.preact_resnet import PreActBlock, PreActResNet, preactresnet18
 from rmix_fast.training.models.resnet import Bottleneck, ResNet, resnet50
 from rmix_fast.training.models.resnext import CifarResNeXt, ResNeXtBottleneck, resnext29_4_24
@@ -58,6 +59,7 @@ __all__ = [
     "Bottleneck",
     "CifarResNeXt",
     "ImageClassifier",
+    "PixelClassifier",
     "PreActBlock",
     "PreActResNet",
     "ResNeXtBottleneck",
