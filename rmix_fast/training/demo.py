@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rmix_fast.training import train
 from rmix_fast.training.checkpoint import atomic_write_json
+from rmix_fast.training.methods import METHODS
 
 __all__ = ["main"]
 
@@ -34,7 +35,7 @@ COLUMNS = (
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rmix_fast.training.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="output folder (default: %(default)s)")
-    p.add_argument("--methods", nargs="+", choices=train.METHODS, default=list(DEFAULT_METHODS), help="methods to run")
+    p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(DEFAULT_METHODS), help="methods to run")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per method (default: %(default)s)")
     p.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="training images (default: %(default)s)")
     p.add_argument("--test-size", type=int, default=TEST_SIZE, help="test images (default: %(default)s)")

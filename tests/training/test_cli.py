@@ -16,6 +16,8 @@ import torch
 
 from rmix_fast.training import evaluate, train
 from rmix_fast.training.checkpoint import load_checkpoint
+from rmix_fast.training.methods import METHODS
+from rmix_fast.training.options import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # A run small enough for CI: 2 steps of 40 images per epoch, a 40-image test set.
@@ -44,7 +46,8 @@ def results_of(metrics: dict) -> tuple[list[dict], dict]:
     return history, metrics["final"]
 
 
-@pytest.mark.parametrize("method", train.METHODS)
+@pytest.mark.slow
+@pytest.mark.parametrize("method", tuple(METHODS))
 def test_each_method_trains_and_writes_its_outputs(tmp_path, method, capsys):
     metrics = run_train(tmp_path, method, "--method", method, "--epochs", "2")
     out = tmp_path / method
@@ -65,6 +68,7 @@ def test_each_method_trains_and_writes_its_outputs(tmp_path, method, capsys):
     assert "top-1 accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
     first = run_train(tmp_path, "a", "--epochs", "1")
     second = run_train(tmp_path, "b", "--epochs", "1")
@@ -79,10 +83,16 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
     assert "top-1 accuracy" in capsys.readouterr().out
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
-    args = [*TINY, "--method", "rmix", "--epochs", "3", "--train-size", "200"]
+@pytest.mark.slow
+# R-Mix, and a test double of a learned mixer whose state (a counter, a network and its optimizer) drives
+# every mix: the resumed run matches only if the checkpoint restores the mixer's state too.
+@pytest.mark.parametrize(
+    ("module", "method"), [("rmix_fast.train", "rmix"), ("tests.helpers.stateful_method", "stateful")]
+)
+def test_resume_after_sigkill_is_exact(tmp_path, module, method):
+    args = [*TINY, "--method", method, "--epochs", "3", "--train-size", "200"]
     env = subprocess_env()
-    cmd = [sys.executable, "-m", "rmix_fast.train", *args]
+    cmd = [sys.executable, "-m", module, *args]
     subprocess.run([*cmd, "--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=300)
 
     # Kill a second run without warning during its second epoch, after its first checkpoint.
@@ -99,6 +109,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(killed / "checkpoint.pt")  # never a torn file
     assert state["epoch"] in (0, 1)
+    if method == "stateful":
+        assert int(state["mixer"]["steps"]) == 5 * (state["epoch"] + 1)  # 5 steps an epoch
 
     done = subprocess.run(
         [*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=300
@@ -128,21 +140,22 @@ def test_resume_after_sigkill_is_exact(tmp_path):
 )
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(argv)
+        parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_checks(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(["--resume", "--out", str(tmp_path / "nothing")])
+        parse_args(["--resume", "--out", str(tmp_path / "nothing")])
     assert "no checkpoint at" in capsys.readouterr().err
     run_train(tmp_path, "run", "--epochs", "1", "--method", "cutmix")
     with pytest.raises(SystemExit):
-        train.parse_args(["--resume", "--out", str(tmp_path / "run"), "--method", "rmix"])
+        parse_args(["--resume", "--out", str(tmp_path / "run"), "--method", "rmix"])
     assert "--method 'rmix' (run has 'cutmix')" in capsys.readouterr().err
     # Only --out given: everything else comes from the checkpoint.
-    args = train.parse_args(["--resume", "--out", str(tmp_path / "run")])
+    args = parse_args(["--resume", "--out", str(tmp_path / "run")])
     assert args.method == "cutmix" and args.train_size == 80
 
 
@@ -154,6 +167,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, dataset):
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_console_scripts_and_module_entry_points():
     help_text = subprocess.run(
         [sys.executable, "-m", "rmix_fast.train", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
@@ -165,6 +179,7 @@ def test_console_scripts_and_module_entry_points():
             assert "usage:" in subprocess.run([str(path), "--help"], capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -178,10 +193,11 @@ def test_torchrun_two_processes(tmp_path):
     assert done.stdout.count("epoch 1/1") == 1  # only rank 0 logs
 
 
+@pytest.mark.slow
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
     run_train(tmp_path, "run", "--epochs", "1")
     with pytest.raises(SystemExit):
-        train.parse_args([*TINY, "--out", str(tmp_path / "run")])
+        parse_args([*TINY, "--out", str(tmp_path / "run")])
     assert "pass --resume to continue that run or --overwrite" in capsys.readouterr().err
     metrics = run_train(tmp_path, "run", "--epochs", "1", "--method", "mixup", "--overwrite")
     assert metrics["config"]["method"] == "mixup"

@@ -529,7 +529,7 @@ def test_crop_flip_memory_format_and_seed() -> None:
     assert torch.equal(a, crop_flip(x))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_crop_flip_same_on_cuda() -> None:
     x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
     cpu = crop_flip(x, generator=torch.Generator().manual_seed(5))

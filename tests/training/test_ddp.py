@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 
 def test_rmix_step_under_ddp_with_torchrun(tmp_path):

@@ -10,6 +10,8 @@ import pytest
 
 from rmix_fast.training import demo
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 
 def test_demo_compares_methods_and_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"

@@ -1,0 +1,88 @@
+"""The mixing methods rmix-train knows, by name: each entry builds its mixer and may add its own option group.
+
+Adding a method adds an entry here (``register_method``), not branches in the trainer or the parser. The
+trainer runs every method through one code path: a method that needs the input gradient says so on its
+mixer (``Mixer.needs_grad``), and a mixer with state is checkpointed with the run (``Mixer.state_dict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from rmix_fast.mixers import CutMix, Mixer, Mixup, RMix
+
+__all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method"]
+
+# Adds one option to the method's group: add("--name", type=..., default=..., help=...).
+OptionAdder = Callable[..., None]
+# Reports a bad option value and exits (argparse's ``parser.error``).
+OptionError = Callable[[str], NoReturn]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One mixing method of the CLI.
+
+    Attributes:
+        name: the ``--method`` value.
+        help: one line for ``--help``.
+        build: ``(options, num_classes) -> mixer`` (None: no mixing).
+        add_options: adds the method's own options to its group (``add`` takes argparse's arguments).
+        check: checks the method's own option values, reporting through ``error``.
+    """
+
+    name: str
+    help: str
+    build: Callable[[argparse.Namespace, int], Mixer | None]
+    add_options: Callable[[OptionAdder], None] | None = None
+    check: Callable[[argparse.Namespace, OptionError], None] | None = None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Adds ``method`` to the CLI's choices (in registration order)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+def mixer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every mixer takes (``Mixer``'s arguments) from the common mixing group."""
+    return {
+        "alpha": args.alpha,
+        "prob": args.mix_prob,
+        "label_smoothing": args.label_smoothing,
+        "backend": args.backend,
+    }
+
+
+def _rmix_options(add: OptionAdder) -> None:
+    add("--grids", type=int, nargs="+", default=[2, 4], help="grid sizes p drawn per batch")
+    add("--levels", type=int, default=10, help="number of percentile levels in [0, 0.99]")
+
+
+def _check_rmix(args: argparse.Namespace, error: OptionError) -> None:
+    if any(g < 1 for g in args.grids):
+        error(f"--grids must all be >= 1, got {args.grids}")
+    if args.levels < 1:
+        error(f"--levels must be >= 1, got {args.levels}")
+
+
+register_method(Method("vanilla", "no mixing", lambda args, k: None))
+register_method(Method("mixup", "Mixup (Zhang et al. 2018)", lambda args, k: Mixup(k, **mixer_options(args))))
+register_method(Method("cutmix", "CutMix (Yun et al. 2019)", lambda args, k: CutMix(k, **mixer_options(args))))
+register_method(
+    Method(
+        "rmix",
+        "R-Mix (Luu et al. 2023): thresholded input-gradient saliency",
+        lambda args, k: RMix(k, grids=tuple(args.grids), levels=args.levels, **mixer_options(args)),
+        add_options=_rmix_options,
+        check=_check_rmix,
+    )
+)

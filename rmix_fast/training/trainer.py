@@ -1,0 +1,321 @@
+"""The training loop of rmix-train: one code path for every method (the method only supplies the mixer).
+
+Each epoch ends with a test pass, one log line, an atomic checkpoint (model, optimizer, scheduler, scaler,
+mixer state, history, RNG) and ``metrics.json``; the run ends with the full evaluation and its plots.
+Every random choice of an epoch comes from generators seeded by (seed, epoch, rank), so ``--resume``
+continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rmix_fast.losses import SoftTargetCrossEntropy
+from rmix_fast.mixers import Mixer, soft_targets
+from rmix_fast.saliency import input_gradient
+from rmix_fast.training.batches import epoch_batches, iterate_batches, to_pixels
+from rmix_fast.training.checkpoint import load_checkpoint
+from rmix_fast.training.data import build_dataset
+from rmix_fast.training.distributed import setup_distributed
+from rmix_fast.training.evaluation import evaluate_model, print_results, write_plots
+from rmix_fast.training.methods import METHODS
+from rmix_fast.training.models import PixelClassifier, build_model
+from rmix_fast.training.options import config_value
+from rmix_fast.training.progress import ProgressBar, format_duration
+from rmix_fast.training.run_dir import RunDir
+from rmix_fast.training.runtime import amp_autocast, default_device, place_device, versions
+from rmix_fast.training.seeding import AUGMENT, MIX, seeded
+
+__all__ = ["Trainer"]
+
+
+def _make_scheduler(
+    args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if args.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=args.lr,
+            total_steps=args.epochs * steps_per_epoch,
+            pct_start=args.pct_start,
+            div_factor=args.div_factor,
+            final_div_factor=args.final_div_factor,
+        )
+    # Stepped per batch like OneCycleLR, so milestones are counted in steps.
+    milestones = [m * steps_per_epoch for m in args.milestones]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.gamma)
+
+
+class Trainer:
+    """Everything one run holds; ``fit()`` runs the remaining epochs and the final evaluation."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        requested = default_device(args.device)
+        self.env = setup_distributed(requested)
+        self.device = place_device(requested, self.env)
+        self.run = RunDir(args.out, is_main=self.env.is_main)
+        torch.manual_seed(args.seed)  # the model's initialisation
+        sizes = {"image_size": args.image_size, "seed": args.seed, "data_dir": args.data_dir}
+        try:
+            self.train_set = build_dataset(args.dataset, "train", size=args.train_size, **sizes)
+            self.test_set = build_dataset(args.dataset, "test", size=args.test_size, **sizes)
+        except (FileNotFoundError, ValueError) as e:  # a missing or malformed data folder: say what, not where
+            raise SystemExit(f"rmix-train: {e}") from e
+        self.num_classes = self.train_set.num_classes
+        net = build_model(args.model, self.num_classes, in_channels=self.train_set.channels)
+        self.model = PixelClassifier(net, self.train_set.mean, self.train_set.std).to(self.device)
+        if args.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=args.lr,
+            momentum=args.momentum,
+            nesterov=args.nesterov and args.momentum > 0,
+            weight_decay=args.weight_decay,
+        )
+        self.steps_per_epoch = len(self._batches(0))
+        if self.steps_per_epoch == 0:
+            raise SystemExit(
+                f"rmix-train: {len(self.train_set)} training images are too few for {self.env.world_size} process(es)"
+            )
+        self.scheduler = _make_scheduler(args, self.optimizer, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
+        if self.mixer is not None:
+            self.mixer.to(self.device)
+        self.criterion = SoftTargetCrossEntropy()
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.last_lr = args.lr
+        self.sample: dict[str, Any] | None = None
+        # torch.compile wraps the model inside DDP, so input_gradient can still step around the DDP wrapper.
+        self.forward_model: nn.Module = torch.compile(self.model) if args.compile else self.model
+        if self.env.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model, device_ids=ids)
+
+    # -- the run's state ------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {k: config_value(v) for k, v in vars(self.args).items()}
+
+    def start_fresh(self) -> None:
+        """A new run: outputs of an earlier run in the same folder (--overwrite) go."""
+        self.run.clear()
+        self.env.barrier()
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.run.checkpoint, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.mixer is not None:
+            self.mixer.load_state_dict(state.get("mixer", {}))
+        self.history = state["history"]
+        self.start_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng"]["torch"])
+        self.run.log(f"resumed from {self.run.checkpoint} after epoch {state['epoch'] + 1}/{self.args.epochs}")
+
+    def save(self, epoch: int) -> None:
+        self.run.save_checkpoint(
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "mixer": self.mixer.state_dict() if self.mixer is not None else {},
+                "history": self.history,
+                "config": self.config(),
+                "rng": {"torch": torch.get_rng_state()},
+                "classes": list(self.train_set.classes),
+                "versions": versions(),
+            }
+        )
+
+    def write_metrics(self, final: dict[str, Any] | None = None) -> None:
+        self.run.write_metrics(
+            {
+                "config": self.config(),
+                "versions": versions(),
+                "device": str(self.device),
+                "world_size": self.env.world_size,
+                "classes": list(self.train_set.classes),
+                "history": self.history,
+                "complete": final is not None,
+                "final": final,
+            }
+        )
+
+    # -- training ---------------------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> list[Tensor]:
+        a, env = self.args, self.env
+        return epoch_batches(
+            len(self.train_set),
+            a.batch_size,
+            shuffle=True,
+            seed=a.seed,
+            epoch=epoch,
+            rank=env.rank,
+            world_size=env.world_size,
+            drop_last=True,
+        )
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One optimisation step; returns the detached loss, the number of correct dominant labels, the
+        mixed batch and the input gradient (None unless the method needs it)."""
+        a = self.args
+        grad = None
+        with amp_autocast(a.amp, self.device):
+            if self.mixer is None:
+                x_mix, y_soft = x, soft_targets(y, self.num_classes, a.label_smoothing)
+            else:
+                if self.mixer.needs_grad:
+                    grad = input_gradient(
+                        self.forward_model, x, y, batchnorm=a.saliency_batchnorm, resolution=a.saliency_resolution
+                    )
+                x_mix, y_soft = self.mixer(x, y, grad)
+            logits = self.forward_model(x_mix)
+            loss = self.criterion(logits, y_soft)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used, for the log
+        self.scheduler.step()
+        correct = (logits.detach().argmax(1) == y_soft.argmax(1)).sum()
+        return loss.detach(), correct, x_mix, grad
+
+    def _keep_sample(self, x: Tensor, y: Tensor, x_mix: Tensor, grad: Tensor | None) -> None:
+        """The run's first batch, for the picture of mixed samples: any method's regions, and the saliency
+        its regions were built from when it has one."""
+        params = self.mixer.last_params if self.mixer is not None else None
+        applied = params is not None and params.applied
+        B = x.shape[0]
+        self.sample = {
+            "x": x.detach().float().cpu(),
+            "mixed": x_mix.detach().float().cpu(),
+            "labels": y.cpu(),
+            "perm": params.perm.cpu() if applied else torch.arange(B),
+            "lam_eff": params.lam_eff.float().cpu() if applied else torch.ones(B),
+        }
+        if applied:
+            regions = params.region_map()
+            saliency = self.mixer.saliency_map(grad, params) if grad is not None else None
+            self.sample["regions"] = regions.cpu() if regions is not None else None
+            self.sample["saliency"] = saliency.cpu() if saliency is not None else None
+            self.sample["top"] = params.mask.cpu() if saliency is not None and params.mask is not None else None
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        a, env = self.args, self.env
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        batches = self._batches(epoch)
+        augment_gen = seeded(a.seed, epoch, env.rank, AUGMENT)
+        if self.mixer is not None:
+            self.mixer.generator = seeded(a.seed, epoch, env.rank, MIX)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * B, correct, B
+        bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{a.epochs}", enabled=env.is_main and a.progress)
+        start = time.perf_counter()
+        stream = iterate_batches(self.train_set, batches, device=self.device, workers=a.workers)
+        for step, (xb, yb, _) in enumerate(stream):
+            x = to_pixels(
+                xb,
+                augment=self.train_set.train_augment == "crop_flip",
+                generator=augment_gen,
+                channels_last=a.channels_last,
+            )
+            loss, correct, x_mix, grad = self.step(x, yb)
+            if epoch == 0 and step == 0 and env.is_main:
+                self._keep_sample(x, yb, x_mix, grad)
+            sums += torch.stack([loss.double() * yb.shape[0], correct.double(), sums.new_tensor(yb.shape[0])])
+            if bar.due(step + 1):  # reading the sums waits for the device: only when the bar draws
+                seen = float(sums[2])
+                loss_avg, acc = float(sums[0]) / seen, 100 * float(sums[1]) / seen
+                bar.update(step + 1, int(seen) * env.world_size, loss=loss_avg, acc=acc)
+        bar.close()
+        env.all_reduce_sum(sums)
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": float(sums[0] / sums[2]),
+            "train_top1": float(100 * sums[1] / sums[2]),
+            "images_per_s": float(sums[2]) / seconds,
+            "seconds": seconds,
+        }
+
+    def evaluate(self, full: bool) -> dict[str, Any]:
+        a = self.args
+        localize = full and getattr(self.test_set, "boxes", None) is not None
+        return evaluate_model(
+            self.model,
+            self.test_set,
+            device=self.device,
+            batch_size=a.batch_size,
+            env=self.env,
+            amp=a.amp,
+            channels_last=a.channels_last,
+            workers=a.workers,
+            fgsm_eps=a.fgsm_eps / 255 if full and a.fgsm_eps > 0 else None,
+            localize=localize,
+        )
+
+    def fit(self) -> dict[str, Any]:
+        a = self.args
+        if self.start_epoch == 0:
+            self.run.log(
+                f"rmix-train: {a.method} on {a.dataset} ({len(self.train_set)} train / {len(self.test_set)} test, "
+                f"{self.num_classes} classes), {a.model}, {a.epochs} epochs x {self.steps_per_epoch} steps, "
+                f"batch {a.batch_size} x {self.env.world_size} process(es), {a.scheduler} LR {a.lr}, "
+                f"device {self.device}, amp {a.amp}, out {self.run.path}"
+            )
+        for epoch in range(self.start_epoch, a.epochs):
+            train = self.train_epoch(epoch)
+            test = self.evaluate(full=False)
+            row = {
+                "epoch": epoch + 1,
+                **train,
+                "test_loss": test["loss"],
+                "test_top1": test["top1"],
+                "test_top5": test["top5"],
+                "lr": self.last_lr,
+            }
+            self.history.append(row)
+            self.run.log(
+                f"epoch {epoch + 1}/{a.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f}%  "
+                f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.2f}%  lr {row['lr']:.4g}  "
+                f"{row['images_per_s']:.0f} img/s  {format_duration(row['seconds'])}"
+            )
+            if epoch == 0 and self.sample is not None:
+                self._write_sample_picture()
+            self.save(epoch)
+            self.write_metrics()
+            self.env.barrier()
+        final = self.evaluate(full=True)
+        if self.env.is_main:
+            write_plots(self.run.path, final, self.history)
+            self.write_metrics(final)
+            print_results(final, title=f"{a.method} / {a.model} / {a.dataset}: final test metrics")
+        return final
+
+    def _write_sample_picture(self) -> None:
+        from rmix_fast.viz import save_mix_grid
+
+        s = self.sample
+        save_mix_grid(
+            self.run.sample_picture,
+            s["x"],
+            s["perm"],
+            s["mixed"],
+            s["lam_eff"],
+            regions=s.get("regions"),
+            saliency=s.get("saliency"),
+            top=s.get("top"),
+            labels=s["labels"],
+            class_names=list(self.train_set.classes),
+        )
