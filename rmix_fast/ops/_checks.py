@@ -3,8 +3,9 @@ the argument.
 
 Two tiers, so the hot path stays cheap:
 
-* Static checks (``check_image``, ``check_perm``, ``check_level``, ``check_grid``, ``check_regions``) look
-  only at types, shapes, dtypes and devices: no host-device sync, and they trace under ``torch.compile``.
+* Static checks (``check_image``, ``check_perm``, ``check_level``, ``check_grid``, ``check_regions``,
+  ``check_cell_map``) look only at types, shapes, dtypes and devices: no host-device sync, and they trace
+  under ``torch.compile``.
 * Content checks (``permutation_checks``, ``unit_interval_check``, ``region_code_check``) each give a 0-d
   bool device tensor and the error to raise when it is False; ``run_content_checks`` stacks all of an
   op's flags and reads them back once: one host-device sync per call. They run inside the op's forward,
@@ -26,6 +27,7 @@ from rmix_fast.ops._dtypes import FLOAT_DTYPES
 __all__ = [
     "ContentCheck",
     "as_level_tensor",
+    "check_cell_map",
     "check_float_tensor",
     "check_grid",
     "check_image",
@@ -116,25 +118,25 @@ def check_grid(grid: object, H: int, W: int, shape: Sequence[int]) -> int:
     return p
 
 
+def check_cell_map(name: str, t: Tensor, x: Tensor) -> None:
+    """A (B, gh, gw) map of cells over x's images, on x's device: gh dividing H and gw dividing W, so cell
+    (i, j) covers an (H/gh, W/gw) block (region codes, cell or pixel saliency, top masks)."""
+    B, _, H, W = x.shape
+    if t.dim() != 3 or t.shape[0] != B or 0 in t.shape[1:] or H % t.shape[1] or W % t.shape[2]:
+        raise ValueError(
+            f"{name} must have shape (B, gh, gw) with gh dividing H={H} and gw dividing W={W} of x "
+            f"(shape {tuple(x.shape)}), got shape {tuple(t.shape)}"
+        )
+    _same_device(name, t, x.device)
+
+
 def check_regions(regions: object, x: Tensor) -> None:
     """A (B, gh, gw) integer code map on x's device, gh dividing H and gw dividing W."""
-    B, _, H, W = x.shape
     if not isinstance(regions, Tensor):
         raise TypeError(f"regions must be an integer torch.Tensor, got {describe(regions)}")
     if not is_integer_tensor(regions):
         raise TypeError(f"regions must be an integer tensor, got dtype {regions.dtype}")
-    if (
-        regions.dim() != 3
-        or regions.shape[0] != B
-        or 0 in regions.shape[1:]
-        or H % regions.shape[1]
-        or W % regions.shape[2]
-    ):
-        raise ValueError(
-            f"regions must have shape (B, gh, gw) with gh dividing H={H} and gw dividing W={W} of x "
-            f"(shape {tuple(x.shape)}), got shape {tuple(regions.shape)}"
-        )
-    _same_device("regions", regions, x.device)
+    check_cell_map("regions", regions, x)
 
 
 @dataclass(frozen=True)
