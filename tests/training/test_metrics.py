@@ -1,4 +1,8 @@
-"""Evaluation metrics (rmix_fast.training.metrics) against hand-computed values, and the plots."""
+"""Evaluation metrics (rmix_fast.training.metrics) against hand-computed values, and the plots.
+
+Each metric is checked through the per-batch count that ``Evaluator.update`` adds up (``topk_hits``,
+``add_to_bins``, ``fgsm_errors``, ``localization_hits``) and through ``Evaluator`` itself.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +17,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmix_fast.training.metrics import (
-    CalibrationAccumulator,
+    N_BINS,
     CalibrationBins,
     Evaluator,
+    add_to_bins,
     box_iou,
-    calibration_bins,
     cam_boxes,
     class_activation_maps,
     expected_calibration_error,
     fgsm,
-    fgsm_error,
-    localization_counts,
-    topk_correct,
+    fgsm_errors,
+    localization_hits,
+    topk_hits,
 )
 
 RESULT_KEYS = {"loss", "top1", "top5", "ece", "fgsm_error", "loc_gt_known", "loc_top1", "n", "calibration"}
@@ -63,10 +67,23 @@ class FixedFeatures(nn.Module):
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
 
 
+def _bins(conf: Tensor, correct: Tensor, n_bins: int = N_BINS) -> CalibrationBins:
+    """``add_to_bins`` on fresh sums, read back as ``CalibrationBins``."""
+    sums = torch.zeros(3, n_bins, dtype=torch.float64)
+    add_to_bins(sums, conf, correct)
+    return CalibrationBins.from_sums(*sums)
+
+
+def _logits_evaluator(num_classes: int) -> Evaluator:
+    """An ``Evaluator`` whose model returns its input: ``update(logits[:, :, None, None], labels)`` scores
+    ``logits`` as they are."""
+    return Evaluator(nn.Flatten(), num_classes=num_classes, fgsm_eps=None)
+
+
 # ---------------------------------------------------------------------------------------------- top-k
 
 
-def test_topk_correct_hand_case() -> None:
+def test_topk_hits_hand_case() -> None:
     logits = torch.tensor(
         [
             [0.1, 0.9, 0.0, 0.5],  # ranking 1, 3, 0, 2
@@ -75,9 +92,20 @@ def test_topk_correct_hand_case() -> None:
         ]
     )
     labels = torch.tensor([1, 1, 2])  # top-1 hit; rank 3; rank 2
-    assert topk_correct(logits, labels, ks=(1, 2, 3)) == {1: 1, 2: 2, 3: 3}
+    counts, pred = topk_hits(logits, labels, ks=(1, 2, 3))
+    assert counts.dtype == torch.int64 and counts.tolist() == [1, 2, 3]
+    assert pred.tolist() == [1, 2, 3]
+    assert topk_hits(logits, labels, ks=(3, 1))[0].tolist() == [3, 1]  # in the order of ks
     # k beyond K = 4 counts as K: every sample.
-    assert topk_correct(logits, labels) == {1: 1, 5: 3}
+    assert topk_hits(logits, labels)[0].tolist() == [1, 3]  # ks = (1, 5)
+    with pytest.raises(ValueError, match="every k"):
+        topk_hits(logits, labels, ks=(0, 1))
+
+    # Evaluator's top-1 / top-5 are these counts over n, in percent.
+    ev = _logits_evaluator(4)
+    ev.update(logits[:, :, None, None], labels)
+    r = ev.result()
+    assert r["top1"] == pytest.approx(100 / 3) and r["top5"] == 100.0 and r["n"] == 3
 
 
 # ---------------------------------------------------------------------------------------- calibration
@@ -93,7 +121,7 @@ def test_ece_hand_computed_with_bin_edge_rule() -> None:
     # bin 15 = (14/15, 1] = {0.95, 1.0} (both right): conf 0.975, acc 1, |gap| 0.025, weight 2/7 -> 1/140
     # ECE = 53/420 + 1/350 + 1/140 = (265 + 6 + 15)/2100 = 286/2100 = 143/1050 ~ 0.13619
     # (were 1/15 in bin 2, bins 1-2 would add 1/120 + 14/90 = 59/360 instead of 53/420, so the rule is tested.)
-    bins = calibration_bins(conf, correct)
+    bins = _bins(conf, correct)
     expected_count = torch.zeros(15, dtype=torch.int64)
     expected_count[[0, 7, 14]] = torch.tensor([3, 2, 2])
     assert torch.equal(bins.count, expected_count)
@@ -107,7 +135,7 @@ def test_ece_hand_computed_with_bin_edge_rule() -> None:
 
 def test_bin_edge_rule_in_float32() -> None:
     conf = torch.tensor([1 / 15, 2 / 15, 0.0, 1.0], dtype=torch.float32)
-    bins = calibration_bins(conf, torch.ones(4, dtype=torch.bool))
+    bins = _bins(conf, torch.ones(4, dtype=torch.bool))
     assert bins.count[:2].tolist() == [2, 1] and bins.count[14].item() == 1
 
 
@@ -115,22 +143,41 @@ def test_ece_zero_when_perfectly_calibrated() -> None:
     # 10 samples at 0.3 with 3 right, 4 at 0.75 with 3 right, 5 at 1.0 all right: acc == conf in every bin.
     conf = torch.tensor([0.3] * 10 + [0.75] * 4 + [1.0] * 5, dtype=torch.float64)
     correct = torch.tensor([True] * 3 + [False] * 7 + [True] * 3 + [False] + [True] * 5)
-    assert expected_calibration_error(calibration_bins(conf, correct)) == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(_bins(conf, correct)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_add_to_bins_rejects_mismatched_shapes() -> None:
+    sums = torch.zeros(3, N_BINS, dtype=torch.float64)
+    with pytest.raises(ValueError, match="conf and correct"):
+        add_to_bins(sums, torch.rand(4), torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="conf and correct"):
+        add_to_bins(sums, torch.rand(2, 2), torch.ones(2, 2, dtype=torch.bool))
+    assert not sums.any()
+    with pytest.raises(ValueError, match="n_bins"):
+        Evaluator(None, num_classes=3, n_bins=0)
 
 
 def test_calibration_accumulates_over_batches() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 10, generator=g) * 3
     labels = torch.randint(0, 10, (64,), generator=g)
-    once, twice = CalibrationAccumulator(), CalibrationAccumulator()
-    once.update(logits, labels)
-    twice.update(logits[:23], labels[:23])
-    twice.update(logits[23:], labels[23:])
-    a, b = once.bins(), twice.bins()
+    images = logits[:, :, None, None]
+    once, twice = _logits_evaluator(10), _logits_evaluator(10)
+    once.update(images, labels)
+    twice.update(images[:23], labels[:23])
+    twice.update(images[23:], labels[23:])
+    a, b = once.calibration(), twice.calibration()
     assert torch.equal(a.count, b.count) and a.n == 64
     torch.testing.assert_close(a.confidence, b.confidence, rtol=0, atol=1e-12)
     torch.testing.assert_close(a.accuracy, b.accuracy, rtol=0, atol=1e-12)
     assert expected_calibration_error(a) == pytest.approx(expected_calibration_error(b), abs=1e-12)
+    # what is binned: the softmax's top-1 confidence and whether the top-1 prediction is right
+    probs = torch.softmax(logits, dim=1)
+    ref = _bins(probs.amax(dim=1), probs.argmax(dim=1) == labels)
+    assert torch.equal(a.count, ref.count)
+    torch.testing.assert_close(a.confidence, ref.confidence, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.accuracy, ref.accuracy, rtol=0, atol=1e-12)
+    assert once.result()["ece"] == pytest.approx(100 * expected_calibration_error(ref), abs=1e-10)
     # dict round trip (what the plots get)
     c = CalibrationBins.from_dict(a.to_dict())
     assert expected_calibration_error(c) == pytest.approx(expected_calibration_error(a), abs=1e-12)
@@ -249,7 +296,7 @@ def _blob(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> Tensor:
     return m
 
 
-def test_localization_counts_hand_case() -> None:
+def test_localization_hits_hand_case() -> None:
     # F = 1; class 0 weight +1, class 1 weight -1, so logits = (+mean, -mean): the sign of the features decides.
     feats = torch.stack(
         [
@@ -263,15 +310,21 @@ def test_localization_counts_hand_case() -> None:
     x = torch.zeros(3, 1, 8, 8)
     labels = torch.tensor([0, 1, 1])
     boxes = torch.tensor([[2, 5, 3, 7], [4, 8, 4, 8], [0, 8, 0, 8]])
-    assert localization_counts(model, x, labels, boxes) == {"n": 3, "gt_known": 2, "top1": 1}
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    assert pred.tolist() == [0, 1, 0]
     # several gt boxes per image, padded with empty boxes: the best one counts
     multi = torch.stack([boxes, torch.zeros_like(boxes)], dim=1).flip(1)  # (3, 2, 4), the padding first
-    assert localization_counts(model, x, labels, multi) == {"n": 3, "gt_known": 2, "top1": 1}
+    for gt in (boxes, multi):
+        gt_known, top1 = localization_hits(model, x, labels, gt, pred)
+        assert gt_known.dtype == top1.dtype == torch.int64
+        assert (gt_known.item(), top1.item()) == (2, 1)
 
-    ev = Evaluator(model, num_classes=2, fgsm_eps=None, localize=True)
-    ev.update(x, labels, boxes)
-    r = ev.result()
-    assert r["loc_gt_known"] == pytest.approx(200 / 3) and r["loc_top1"] == pytest.approx(100 / 3)
+        ev = Evaluator(model, num_classes=2, fgsm_eps=None, localize=True)
+        ev.update(x, labels, gt)
+        r = ev.result()
+        assert r["n"] == 3
+        assert r["loc_gt_known"] == pytest.approx(200 / 3) and r["loc_top1"] == pytest.approx(100 / 3)
 
 
 # ----------------------------------------------------------------------------------------------- FGSM
@@ -303,9 +356,15 @@ def test_fgsm_on_a_linear_model() -> None:
     assert (~inside).any() and x_adv.min() >= 0 and x_adv.max() <= 1
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
-    wrong = fgsm_error(model, x, y, eps)
+    wrong = fgsm_errors(model, x, y, eps)
+    assert wrong.dtype == torch.int64 and wrong.dim() == 0
     with torch.no_grad():
-        assert wrong == int((model(x_adv).argmax(1) != y).sum())
+        assert wrong.item() == int((model(x_adv).argmax(1) != y).sum())
+    # Evaluator's fgsm_error is this count over n, in percent (every sample counts).
+    ev = Evaluator(model, num_classes=k, fgsm_eps=eps)
+    ev.update(x, y)
+    assert ev.result()["fgsm_error"] == pytest.approx(100 * wrong.item() / 5)
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------ Evaluator
@@ -418,9 +477,9 @@ def test_plots_write_png_files(tmp_path: Path) -> None:
 
     conf = torch.tensor([0.05, 0.3, 0.35, 0.6, 0.9, 0.95, 1.0], dtype=torch.float64)
     correct = torch.tensor([False, True, False, True, True, False, True])
-    cal = calibration_bins(conf, correct).to_dict()
+    cal = _bins(conf, correct).to_dict()
     assert _is_png(plot_reliability(cal, tmp_path / "b" / "rel.png", title="test"))
-    empty = calibration_bins(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)).to_dict()
+    empty = _bins(torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)).to_dict()
     assert _is_png(plot_reliability(empty, tmp_path / "rel_empty.png"))
 
     results = {
