@@ -9,13 +9,13 @@ Methods, each one optimizer step on a random batch (SGD with momentum, soft-targ
 * ``vanilla``: forward, backward, step;
 * ``cutmix``: ``rmix_fast.CutMix`` then the step (the cost R-Mix is meant to match, apart from saliency);
 * ``paper``: R-Mix as the paper's code does it: a full ``loss.backward()`` for the saliency (weight
-  gradients included, then zeroed), the one-op-per-formula mixing of ``paper_baseline.py``, then the step;
+  gradients included, then zeroed), the one-op-per-formula mixing of ``baselines/rmix_paper.py``, then the step;
 * ``rmix_fast``: ``rmix_fast.input_gradient`` (gradient w.r.t. the input only) and ``rmix_fast.RMix``;
 * ``rmix_fast_half``: the same with ``input_gradient(..., resolution=0.5)``.
 
 Each is reported as time per step and as a ratio to vanilla measured in the same run (methods take turns,
-one step each per round). On a GPU the peak memory of a step is recorded too. Writes
-bench/results/step-<device>-<date>.json and .png.
+one step each per round). On a GPU the peak memory of a step is recorded too. Beside the timings it runs
+``studies/mask_agreement.py`` (``--agreement``). Writes bench/results/step-<device>-<date>.json and .png.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-import mask_agreement
-from paper_baseline import paper_input_gradient, paper_rmix
+from baselines.rmix_paper import paper_input_gradient, paper_rmix
+from studies import mask_agreement
 
 from rmix_fast import CutMix, RMix, SoftTargetCrossEntropy, input_gradient, soft_targets
 from rmix_fast.sampling import sample_rmix_params
@@ -80,18 +80,14 @@ DEFAULT_AGREEMENT = {"cuda": ["preactresnet18:32", "resnet50:224"], "cpu": ["sma
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = common.base_parser(__doc__, "step", "default: 20 on a GPU, 5 on the CPU")
     ap.add_argument("--cases", nargs="+", type=StepCase.parse, help="model:image_size:batch:amp:layout[:classes]")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--reps", type=int, help="timed steps per method (default: 20 on a GPU, 5 on the CPU)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--agreement", nargs="*", metavar="MODEL:SIZE",
                     help="half-resolution mask agreement on these models (none: skip; default per device)")  # fmt: skip
     ap.add_argument("--agreement-steps", type=int, help="brief training steps (default 400 on a GPU, 600 on the CPU)")
     ap.add_argument("--agreement-images", type=int, nargs=2, default=[3000, 512], metavar=("TRAIN", "TEST"))
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads for a CPU run")
-    ap.add_argument("--out", type=Path, help="stem of the output files (default: bench/results/step-<device>-<date>)")
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
     args.cases = args.cases or [StepCase.parse(c) for c in DEFAULT_CASES[args.device]]
@@ -100,8 +96,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.agreement_steps = args.agreement_steps or (400 if gpu else 600)
     if "vanilla" not in args.methods:
         ap.error("--methods must include vanilla: every ratio is to vanilla")
-    if args.reps < 1:
-        ap.error(f"--reps must be >= 1, got {args.reps}")
     return args
 
 

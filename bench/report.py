@@ -1,7 +1,12 @@
-"""Markdown summary of recorded runs, for bench/README.md: the op table with its goals, the step table with
-the half-resolution mask agreement.
+"""Markdown tables of recorded runs, for bench/README.md: one table per op benchmark run (``bench_rmix.py``,
+``bench_blend_regions.py``) with its goals, and the step table with the half-resolution mask agreement
+(``bench_step.py``).
 
-    python bench/report.py bench/results/rmix-<device>-<date>.json bench/results/step-<device>-<date>.json
+    python bench/report.py bench/results/rmix-<device>-<date>.json bench/results/blend_regions-<...>.json \\
+        bench/results/step-<device>-<date>.json
+
+Files written by ``bench_rmix.py`` before the shared runner (no ``schema`` field) render too, labelled as
+such; figures they did not record show as "–".
 """
 
 from __future__ import annotations
@@ -10,62 +15,90 @@ import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+# Providers shown as "fast": their own columns of % copy and speed-ups. The others get a time column only.
+FAST = ("triton", "cpp")
+HEADERS = {"grid": "p"}
+# What a file without these fields was: bench_rmix.py before the shared runner.
+OLD_RMIX = {"bench": "rmix", "case_keys": ["shape", "dtype", "layout", "grid"], "speedup_over": ["paper", "reference"]}
 
 
-def _header(run: dict) -> str:
+def _header(run: dict[str, Any]) -> str:
     dirty = " (uncommitted changes)" if run.get("dirty_tree") else ""
-    return (
+    text = (
         f"`{run['command']}` at commit `{str(run['commit'])[:7]}`{dirty}, {run['date'][:10]}, {run['device_name']}, "
         f"torch {run['torch']}, triton {run['triton']}, CUDA {run['cuda']}, Python {run['python']}; "
         f"allocator: {run.get('allocator', 'default')}."
     )
+    if "schema" not in run and "mask_agreement" not in run:
+        text += " Recorded by `bench_rmix.py` before the shared runner (`bench/common.py`)."
+    if run.get("complete") is False:
+        text += f" **Incomplete run**: it stopped after {len(run['cases'])} rows."
+    return text
 
 
 def _fmt(v: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if v is None else f"{v:{spec}}{suffix}"
 
 
-def rmix_table(run: dict) -> str:
+def _case_cell(key: str, value: object) -> str:
+    if key == "shape":
+        return str(value).replace("x", "×")
+    if key == "layout":
+        return "NCHW" if value == "contiguous" else str(value)
+    return str(value)
+
+
+def op_table(run: dict[str, Any]) -> str:
+    """Per case: the time of every provider, then for each fast provider its % of the same-size copy and
+    its speed-ups, and on a GPU its CUDA-graph time."""
+    run = {**OLD_RMIX, **run} if "schema" not in run else run
+    keys, bases = run["case_keys"], run["speedup_over"]
     gpu = run["device"] == "cuda"
     by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in run["cases"]:
-        by_case[(r["shape"], r["dtype"], r["layout"], r["grid"])][r["provider"]] = r
-    fast = [p for p in ("triton", "cpp") if any(p in v for v in by_case.values())]
-    cols = ["shape", "dtype", "layout", "p", "paper ms", "reference ms", "compiled ms"]
-    cols += [f"{p} ms" for p in fast] + ["copy ms"]
+        by_case[tuple(r[k] for k in keys)][r["provider"]] = r
+    providers = list(dict.fromkeys(r["provider"] for r in run["cases"]))
+    fast = [p for p in FAST if p in providers]
+    # The old rmix files always had the paper / reference / compiled columns; new ones show what they timed.
+    slow = ["paper", "reference", "compiled"] if "schema" not in run else [*bases, *providers]
+    slow = [p for p in dict.fromkeys(slow) if p not in fast and p != "copy"]
+    bases = [b for b in bases if b in providers]
+    cols = [HEADERS.get(k, k) for k in keys] + [f"{p} ms" for p in slow + fast] + ["copy ms"]
     for p in fast:
-        cols += [f"{p} % copy", f"{p} × paper", f"{p} × reference"]
+        cols += [f"{p} % copy"] + [f"{p} × {b}" for b in bases]
     if gpu:
         cols += [f"{p} graph µs (% copy)" for p in fast]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for (shape, dtype, layout, grid), v in by_case.items():
-        cells = [shape.replace("x", "×"), dtype, "NCHW" if layout == "contiguous" else "channels_last", str(grid)]
-        cells += [_fmt(v[p]["time_ms"] if p in v else None) for p in ("paper", "reference", "compiled")]
+    for case, v in by_case.items():
+        cells = [_case_cell(k, c) for k, c in zip(keys, case, strict=True)]
+        cells += [_fmt(v[p]["time_ms"] if p in v else None) for p in slow]
         cells += [_fmt(v[p]["time_ms"] if p in v else None, ".3f") for p in fast]
         cells.append(_fmt(v["copy"]["time_ms"], ".3f"))
         for p in fast:
-            r = v.get(p)
-            speedup = "**" + _fmt(r and r["speedup_vs_paper"], ".1f", "×") + "**"
-            cells += [
-                _fmt(r and r["pct_copy"], ".0f", " %"),
-                speedup,
-                _fmt(r and r["speedup_vs_reference"], ".1f", "×"),
-            ]
+            r = v.get(p) or {}
+            cells.append(_fmt(r.get("pct_copy"), ".0f", " %"))
+            for i, b in enumerate(bases):
+                speedup = _fmt(r.get(f"speedup_vs_{b}"), ".1f", "×")
+                cells.append(f"**{speedup}**" if i == 0 else speedup)  # the first base is the one that matters
         if gpu:
             for p in fast:
-                r = v.get(p)
-                cells.append(f"{_fmt(r and r['graph_ms'] and 1e3 * r['graph_ms'], '.0f')} "
-                             f"({_fmt(r and r['graph_pct_copy'], '.0f', ' %')})")  # fmt: skip
+                r = v.get(p) or {}
+                graph_us = r.get("graph_ms") and 1e3 * r["graph_ms"]
+                cells.append(f"{_fmt(graph_us, '.0f')} ({_fmt(r.get('graph_pct_copy'), '.0f', ' %')})")
         lines.append("| " + " | ".join(cells) + " |")
     out = [_header(run), "", "\n".join(lines)]
     if run.get("goals"):
-        out += ["", "| goal | layout | p | provider | value | met |", "|---|---|---|---|---|---|"]
-        out += [f"| {g['what']} ({g['shape']}, {g['dtype']}) | {g['layout']} | {g['grid']} | {g['provider']} | "
-                f"{_fmt(g['value'], '.1f')} | {'yes' if g['met'] else '**no**'} |" for g in run["goals"]]  # fmt: skip
+        out += ["", "| goal | case | provider | value | met |", "|---|---|---|---|---|"]
+        for g in run["goals"]:
+            case = g.get("case") or f"{g['shape']}, {g['dtype']}, {g['layout']}, p={g['grid']}"
+            out.append(f"| {g['what']} | {case} | {g['provider']} | {_fmt(g['value'], '.1f')} | "
+                       f"{'yes' if g['met'] else '**no**'} |")  # fmt: skip
     return "\n".join(out)
 
 
-def step_table(run: dict) -> str:
+def step_table(run: dict[str, Any]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in run["cases"]))
     by_case: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in run["cases"]:
@@ -93,16 +126,16 @@ def step_table(run: dict) -> str:
     return "\n".join(out)
 
 
+def render(run: dict[str, Any]) -> str:
+    return step_table(run) if "mask_agreement" in run else op_table(run)
+
+
 def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="+", type=Path, help="JSON files written by bench_rmix.py / bench_step.py")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+", type=Path,
+                    help="JSON files written by bench_rmix.py / bench_blend_regions.py / bench_step.py")  # fmt: skip
     args = ap.parse_args(argv)
-    parts = []
-    for path in args.results:
-        run = json.loads(path.read_text())
-        is_step = "mask_agreement" in run
-        parts.append(step_table(run) if is_step else rmix_table(run))
-    text = "\n\n".join(parts)
+    text = "\n\n".join(render(json.loads(path.read_text())) for path in args.results)
     print(text)
     return text
 

@@ -1,9 +1,13 @@
-"""bench/ as code: the paper-style baseline computes the op's function, and both benchmark scripts run end to
-end on tiny CPU cases and write complete results. (Speed itself is never asserted here.)"""
+"""bench/ as code: the paper-style baseline computes the op's function; the runner and every script run end to
+end on tiny CPU cases and write complete results (JSON and PNG); bad cases and providers are refused; the
+report renders every recorded result file. Speed itself is never asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import subprocess
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -11,16 +15,55 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmix_fast import reference
+import rmix_fast
+from rmix_fast import BLEND, OWN, PARTNER, reference
 from rmix_fast.sampling import paper_levels
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench_blend_regions  # noqa: E402
 import bench_rmix  # noqa: E402
 import bench_step  # noqa: E402
+import common  # noqa: E402
 import report  # noqa: E402
-from paper_baseline import paper_input_gradient, paper_rmix  # noqa: E402
+from baselines.rmix_paper import paper_input_gradient, paper_rmix  # noqa: E402
+from studies import mask_agreement  # noqa: E402
+
+CPU = torch.device("cpu")
+HAS_CPP = rmix_fast.available_backends(CPU)["cpp"].available
+FAST_CPU = ["cpp"] if HAS_CPP else []
+PER_ROW = ("time_ms", "gbps", "pct_copy", "pct_peak", "copy_gbps")  # figures every row has on every device
+GPU_ONLY = ("graph_ms", "graph_gbps", "graph_pct_copy", "graph_pct_peak", "launches")
+ENVIRONMENT = ("device", "device_name", "torch", "triton", "commit", "command", "allocator", "date")
+
+
+def check_op_results(stem: Path, payload: dict, bench: str, case_keys: list[str]) -> list[dict]:
+    """The JSON equals the payload, holds the environment and the run's figures, and every row has every
+    figure of a CPU run; the PNG exists. Returns the rows."""
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert stem.with_suffix(".png").stat().st_size > 0
+    assert saved == json.loads(json.dumps(payload))
+    for key in (*ENVIRONMENT, "peak_copy_gbps", "byte_model", "reps", "lam", "providers"):
+        assert saved[key] is not None, key
+    assert saved["bench"] == bench and saved["schema"] == common.SCHEMA and saved["complete"] is True
+    assert saved["case_keys"] == case_keys and saved["providers"][-1] == "copy"
+    for r in saved["cases"]:
+        for key in PER_ROW:
+            assert r[key] > 0, key
+        for key in GPU_ONLY:
+            assert r[key] is None, key
+        for base in saved["speedup_over"]:
+            assert r[f"speedup_vs_{base}"] > 0
+            if r["provider"] == base:
+                assert r[f"speedup_vs_{base}"] == 1.0
+        if r["provider"] == "copy":
+            assert r["pct_copy"] == pytest.approx(100.0)
+    assert saved["goals"] == []  # no goal of these benchmarks applies to a CPU run
+    return saved["cases"]
+
+
+# ------------------------------------------------------------------------------------- the baseline
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -60,35 +103,171 @@ def test_paper_input_gradient_is_the_input_gradient_and_clears_weight_grads():
     assert all(p.grad is None for p in model.parameters())
 
 
+# -------------------------------------------------------------------------------- the op benchmarks
+
+
+@pytest.mark.slow
 def test_bench_rmix_writes_every_figure(tmp_path):
     stem = tmp_path / "rmix"
-    payload = bench_rmix.main(["--device", "cpu", "--shapes", "4x3x16x16", "--grids", "2", "16", "--layouts",
-                               "channels_last", "--providers", "reference", "cpp", "paper", "compiled", "--reps", "2",
+    providers = ["reference", *FAST_CPU, "paper", "compiled"]
+    payload = bench_rmix.main(["--device", "cpu", "--shapes", "4x3x16x16", "--grids", "2", "16", "3",
+                               "--layouts", "channels_last", "--providers", *providers, "--reps", "2",
                                "--out", str(stem)])  # fmt: skip
-    saved = json.loads(stem.with_suffix(".json").read_text())
-    assert stem.with_suffix(".png").stat().st_size > 0
-    for key in ("device_name", "torch", "triton", "commit", "command", "allocator", "peak_copy_gbps", "cases"):
-        assert key in saved, key
-    assert saved["cases"] == json.loads(json.dumps(payload["cases"]))
-    providers = {(r["grid"], r["provider"]) for r in saved["cases"]}
-    assert providers == {(p, n) for p in (2, 16) for n in ("reference", "cpp", "paper", "compiled", "copy")}
-    for r in saved["cases"]:
-        assert r["time_ms"] > 0 and r["gbps"] > 0 and r["pct_copy"] > 0 and r["pct_peak"] > 0
+    rows = check_op_results(stem, payload, "rmix", ["shape", "dtype", "layout", "grid"])
+    # grid 3 does not divide 16: left out
+    assert {(r["grid"], r["provider"]) for r in rows} == {(p, n) for p in (2, 16) for n in [*providers, "copy"]}
+    for r in rows:
         assert r["bytes"] == 4 * 4 * 3 * 16 * 16 * 4  # grad + 2 x + mixed, float32
-        assert r["speedup_vs_paper"] > 0 and r["speedup_vs_reference"] > 0
-        assert r["graph_ms"] is None and r["launches"] is None  # GPU-only figures
-        if r["provider"] == "paper":
-            assert r["speedup_vs_paper"] == 1.0
-    assert saved["goals"] == []  # the goals are GPU goals
     table = report.main([str(stem.with_suffix(".json"))])
-    assert "| 4×3×16×16 | float32 | channels_last | 16 |" in table and "cpp × paper" in table
+    assert "| 4×3×16×16 | float32 | channels_last | 16 |" in table and "× paper" in table
 
 
-def test_bench_rmix_rejects_unknown_provider():
-    with pytest.raises(SystemExit, match="unknown provider"):
-        bench_rmix.main(["--device", "cpu", "--providers", "nonsense", "--out", "/nonexistent/x"])
+def test_bench_rmix_leaves_compiled_out_of_non_float32_cases(tmp_path):
+    payload = bench_rmix.main(["--device", "cpu", "--shapes", "2x1x4x4", "--grids", "2", "--dtypes", "float64",
+                               "--layouts", "contiguous", "--providers", "reference", "compiled", "--reps", "1",
+                               "--out", str(tmp_path / "rmix")])  # fmt: skip
+    assert [r["provider"] for r in payload["cases"]] == ["reference", "copy"]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_blend_regions_writes_every_figure(tmp_path, dtype):
+    stem = tmp_path / "blend"
+    providers = ["reference", *FAST_CPU, "triton"]  # triton runs in the interpreter here, named explicitly
+    payload = bench_blend_regions.main(["--device", "cpu", "--shapes", "2x3x8x8", "--dtypes", dtype, "--regions",
+                                        "mixup", "cutmix:4", "rmix:2", "rmix:8", "rmix:3", "--providers", *providers,
+                                        "--reps", "1", "--out", str(stem)])  # fmt: skip
+    rows = check_op_results(stem, payload, "blend_regions", ["shape", "dtype", "layout", "regions"])
+    cases = {(r["layout"], r["regions"]) for r in rows}  # rmix:3 does not divide 8: left out
+    maps = ("mixup", "cutmix:4", "rmix:2", "rmix:8")
+    assert cases == {(lay, m) for lay in ("contiguous", "channels_last") for m in maps}
+    assert {r["provider"] for r in rows} == {*providers, "copy"}
+    x_bytes = 2 * 3 * 8 * 8 * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    extra = 2 * 8 + 2 * 4  # perm (int64) + lam_eff (float32)
+    by_map = {r["regions"]: r["bytes"] for r in rows}
+    assert by_map["mixup"] == 3 * x_bytes + 2 * 1 + extra  # both images, one code per sample, mixed
+    assert by_map["cutmix:4"] == 2 * x_bytes + 2 * 16 + extra  # one source per cell
+    table = report.main([str(stem.with_suffix(".json"))])
+    assert f"| 2×3×8×8 | {dtype} | NCHW | cutmix:4 |" in table and "regions" in table
+
+
+def test_region_maps_are_what_the_mixers_hand_the_engine():
+    g = torch.Generator().manual_seed(0)
+    mixup = bench_blend_regions.region_map("mixup", 3, g)
+    assert mixup.shape == (3, 1, 1) and (mixup == BLEND).all()
+    cutmix = bench_blend_regions.region_map("cutmix:8", 3, g)
+    side = round(8 * (1 - bench_blend_regions.LAM) ** 0.5)
+    assert cutmix.shape == (3, 8, 8) and int((cutmix[0] == PARTNER).sum()) == side * side
+    assert set(cutmix.unique().tolist()) == {OWN, PARTNER} and (cutmix == cutmix[0]).all()  # one box per batch
+    codes = bench_blend_regions.region_map("rmix:16", 4, g)
+    assert codes.shape == (4, 16, 16) and codes.dtype == torch.int8
+    assert set(codes.unique().tolist()) == {BLEND, OWN, PARTNER}
+    for spec in ("mixup", "cutmix:8", "rmix:4"):
+        regions = bench_blend_regions.region_map(spec, 4, g)
+        # validate=True (the default) checks that the codes, perm and lam are legal
+        mixed, _ = rmix_fast.blend_regions(torch.randn(4, 3, 8, 8), perm=torch.tensor([1, 0, 3, 2]), lam=0.3,
+                                           regions=regions)  # fmt: skip
+        assert mixed.shape == (4, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        (bench_rmix, ["--providers", "nonsense"], "unknown provider"),
+        (bench_blend_regions, ["--providers", "paper"], "unknown provider"),  # rmix's baseline is not the engine's
+        (bench_rmix, ["--shapes", "4x3x16x16", "--grids", "5"], "no case fits"),
+        (bench_blend_regions, ["--shapes", "4x3x16x16", "--regions", "rmix:5"], "no case fits"),
+    ],
+)
+def test_op_benchmarks_refuse_bad_providers_and_empty_runs(script, args, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        script.main(["--device", "cpu", "--reps", "1", "--out", str(tmp_path / "x"), *args])
+
+
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        (bench_rmix, ["--shapes", "4x3x16"]),
+        (bench_rmix, ["--shapes", "4x3x0x16"]),
+        (bench_rmix, ["--grids", "0"]),
+        (bench_rmix, ["--dtypes", "int8"]),
+        (bench_rmix, ["--layouts", "nhwc"]),
+        (bench_rmix, ["--reps", "0"]),
+        (bench_blend_regions, ["--regions", "cutmix"]),
+        (bench_blend_regions, ["--regions", "rmix:0"]),
+        (bench_blend_regions, ["--regions", "mixup:2"]),
+        (bench_blend_regions, ["--regions", "box:4"]),
+        (bench_blend_regions, ["--threads", "-1"]),
+    ],
+)
+def test_op_benchmarks_refuse_bad_cases(script, args, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        script.main(["--device", "cpu", "--out", str(tmp_path / "x"), *args])
+    assert info.value.code == 2 and "error" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_op_benchmarks_refuse_cuda_without_a_gpu(tmp_path):
+    with pytest.raises(SystemExit, match="cuda"):
+        bench_blend_regions.main(["--device", "cuda", "--out", str(tmp_path / "x")])
+
+
+def test_default_providers_are_the_runnable_backends_the_extras_and_copy_last(monkeypatch):
+    names = common.select_providers(bench_rmix.SPEC, CPU, None)
+    infos = rmix_fast.available_backends(CPU)
+    runnable = [n for n, i in infos.items() if i.available and "interpreter" not in i.reason.lower()]
+    assert names == [*runnable, "paper", "compiled", "copy"]
+    assert "triton" not in names  # the Triton interpreter is a test tool, timed only when named
+    assert common.select_providers(bench_blend_regions.SPEC, CPU, ["copy", "reference", "reference"]) == [
+        "reference",
+        "copy",
+    ]
+    unavailable = {**infos, "cpp": rmix_fast.BackendInfo("cpp", False, "not built")}
+    monkeypatch.setattr(rmix_fast, "available_backends", lambda device: unavailable)
+    with pytest.raises(SystemExit, match="cannot run on cpu: not built"):
+        common.select_providers(bench_blend_regions.SPEC, CPU, ["cpp"])
+    assert "cpp" not in common.select_providers(bench_blend_regions.SPEC, CPU, None)
+
+
+def test_rmix_leaves_a_backend_out_of_grids_above_its_max_grid(monkeypatch):
+    infos = rmix_fast.available_backends(CPU)
+    limited = {**infos, "reference": dataclasses.replace(infos["reference"], max_grid=4)}
+    monkeypatch.setattr(rmix_fast, "available_backends", lambda device: limited)
+    case = common.Case((2, 1, 8, 8), torch.float32, "contiguous", {"grid": 8})
+    assert "reference" not in bench_rmix.setup(case, ["reference", "paper"], CPU).calls
+    case = dataclasses.replace(case, params={"grid": 4})
+    assert set(bench_rmix.setup(case, ["reference", "paper"], CPU).calls) == {"reference", "paper"}
+
+
+@pytest.mark.slow
+def test_runner_checks_goals_and_keeps_the_cases_of_a_run_cut_short(tmp_path):
+    """The runner as a library: a goal that applies to CPU runs is checked on the provider "auto" picks, and
+    an op benchmark that fails mid-run leaves a JSON of its finished cases marked incomplete."""
+    auto = rmix_fast.ops.resolve_backend("auto", CPU, None)
+    goal = common.Goal("any", ">= 0x the reference", {"regions": "mixup"}, "speedup_vs_reference", 0.0, "cpu")
+    spec = dataclasses.replace(bench_blend_regions.SPEC, goals=(goal,))
+    argv = ["--device", "cpu", "--shapes", "2x1x4x4", "--dtypes", "float32", "--layouts", "contiguous", "--reps", "1"]
+    payload = common.run_op_benchmark(spec, [*argv, "--regions", "mixup", "rmix:2", "--out", str(tmp_path / "a")])
+    (result,) = payload["goals"]
+    assert result["provider"] == auto and result["regions"] == "mixup" and result["met"] is True
+    assert "| >= 0x the reference |" in report.main([str(tmp_path / "a.json")])
+
+    def setup_then_fail(case, providers, device):
+        if case.params["regions"] != "mixup":
+            raise RuntimeError("device lost")
+        return bench_blend_regions.setup(case, providers, device)
+
+    spec = dataclasses.replace(bench_blend_regions.SPEC, setup=setup_then_fail)
+    with pytest.raises(RuntimeError, match="device lost"):
+        common.run_op_benchmark(spec, [*argv, "--regions", "mixup", "rmix:2", "--out", str(tmp_path / "b")])
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["complete"] is False and {r["regions"] for r in saved["cases"]} == {"mixup"}
+    assert "Incomplete run" in report.main([str(tmp_path / "b.json")])
+
+
+# -------------------------------------------------------------------- the step benchmark, the study
+
+
+@pytest.mark.slow
 def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
     stem = tmp_path / "step"
     bench_step.main(["--device", "cpu", "--cases", "small_cnn:32:4:none:contiguous:10",
@@ -97,11 +276,13 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
                      "--out", str(stem)])  # fmt: skip
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert stem.with_suffix(".png").stat().st_size > 0
+    for key in ENVIRONMENT:
+        assert saved[key] is not None, key
     rows = saved["cases"]
     assert len(rows) == 2 * len(bench_step.METHODS)
     assert {r["method"] for r in rows} == set(bench_step.METHODS)
     for r in rows:
-        assert r["time_ms"] > 0
+        assert r["time_ms"] > 0 and r["images_per_s"] > 0
         if r["method"] == "vanilla":
             assert r["ratio_to_vanilla"] == 1.0
     (agree,) = saved["mask_agreement"]
@@ -125,7 +306,60 @@ def test_step_case_rejects_bad_specs(text):
         bench_step.parse_args(["--device", "cpu", "--cases", text])
 
 
+def test_step_refuses_methods_without_vanilla():
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(["--device", "cpu", "--methods", "cutmix", "rmix_fast"])
+
+
 def test_step_runner_rejects_unknown_method():
     runner = bench_step.StepRunner(bench_step.StepCase.parse("small_cnn:16:2:none:contiguous:3"), torch.device("cpu"))
     with pytest.raises(ValueError, match="method must be one of"):
         runner.step("puzzlemix")
+
+
+def test_mask_agreement_study_writes_its_figures(tmp_path):
+    stem = tmp_path / "agreement"
+    r = mask_agreement.main(["--device", "cpu", "--model", "small_cnn", "--steps", "2", "--train-images", "32",
+                             "--test-images", "16", "--out", str(stem)])  # fmt: skip
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert saved["commit"] is not None and saved["command"].startswith("python bench/studies/mask_agreement.py")
+    assert saved["agreement"] == r["agreement"] and set(saved["per_grid"]) == {"2", "4"}
+    assert all(v["agreement_per_level"][0] == 1.0 for v in saved["per_grid"].values())
+
+
+# ------------------------------------------------------------------------------------ bench as a whole
+
+
+@pytest.mark.parametrize("path", sorted((BENCH / "results").glob("*.json")), ids=lambda p: p.name)
+def test_every_recorded_result_renders(path):
+    run = json.loads(path.read_text())
+    table = report.render(run)
+    assert run["command"] in table and str(run["commit"])[:7] in table
+    if "schema" not in run and "mask_agreement" not in run:
+        assert "before the shared runner" in table  # the old script's files are labelled as such
+
+
+@pytest.mark.parametrize(
+    "script", ["bench_rmix.py", "bench_blend_regions.py", "bench_step.py", "studies/mask_agreement.py", "report.py"]
+)
+def test_every_script_has_help(script):
+    done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
+
+
+def test_bench_imports_only_public_api():
+    for path in BENCH.rglob("*.py"):
+        private = re.findall(r"rmix_fast(?:\.\w+)*\._\w+", path.read_text())
+        assert not private, f"{path.relative_to(BENCH)} uses private names {private}"
+
+
+def test_gpu_session_names_files_that_exist():
+    script = (BENCH / "gpu_session.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_session.sh")]).returncode == 0
+    root = BENCH.parent
+    named = re.findall(r"(?:tests|bench)/[\w/]+\.py", script)
+    assert {"bench/bench_rmix.py", "bench/bench_blend_regions.py", "bench/bench_step.py"} <= set(named)
+    for name in named:
+        assert (root / name).is_file(), name
+    for stage in ("build", "tests", "bench_rmix", "bench_blend_regions", "bench_step"):
+        assert f"wants {stage}" in script
