@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 import rmix_fast
 from rmix_fast import reference
 from rmix_fast.training.distributed import exit_worker
-from tests.helpers.toy_task import CLASS_NAMES, SmallCNN, make_shapes
+from tests.helpers.toy_task import CLASS_NAMES, ToyCNN, make_toy_images
 
 STEPS = 4
 
@@ -27,14 +27,14 @@ def main(out_dir: str) -> NoReturn:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = DistributedDataParallel(SmallCNN())
+    model = DistributedDataParallel(ToyCNN())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     data = torch.Generator().manual_seed(100 + rank)  # each rank its own shard of data
     mixer = rmix_fast.RMix(len(CLASS_NAMES), generator=torch.Generator().manual_seed(200 + rank))
     loss_fn = rmix_fast.SoftTargetCrossEntropy()
     record = {"rank": rank, "world": world, "losses": [], "checksums": [], "local": [], "grads_untouched": []}
     for _ in range(STEPS):
-        x, y = make_shapes(16, data)
+        x, y = make_toy_images(16, data)
         before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         grad = rmix_fast.input_gradient(model, x, y)
         after = [p.grad for p in model.parameters()]

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CLASS_NAMES", "SmallCNN", "make_shapes"]
+__all__ = ["CLASS_NAMES", "ToyCNN", "make_toy_images"]
 
 CLASS_NAMES = ("square", "disc", "cross", "triangle")
 
 
-def make_shapes(n: int, generator: torch.Generator, size: int = 32) -> tuple[Tensor, Tensor]:
+def make_toy_images(n: int, generator: torch.Generator, size: int = 32) -> tuple[Tensor, Tensor]:
     """``n`` synthetic RGB images of one small shape each, on a cluttered, noisy background.
 
     The class is carried only by the object's shape (0 square, 1 disc, 2 cross, 3 triangle), so a
@@ -81,7 +81,7 @@ def make_shapes(n: int, generator: torch.Generator, size: int = 32) -> tuple[Ten
     return images.clamp(0.0, 1.0).contiguous(), labels
 
 
-class SmallCNN(nn.Module):
+class ToyCNN(nn.Module):
     """Four 3x3 conv blocks and a global max pool. The max pool makes the decision (and so the input
     gradient) depend on where the object is, not on the background average; batch norm makes 150
     steps enough to learn the shapes from any seed."""

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import rmix_fast
-from tests.helpers.toy_task import SmallCNN
+from tests.helpers.toy_task import ToyCNN
 
 
 def model_and_batch(seed: int = 0, B: int = 6, size: int = 16):
     torch.manual_seed(seed)
-    model = SmallCNN(classes=5)
+    model = ToyCNN(classes=5)
     g = torch.Generator().manual_seed(seed)
     return model, torch.rand(B, 3, size, size, generator=g), torch.randint(5, (B,), generator=g)
 
@@ -24,7 +24,7 @@ def test_equals_hand_written_autograd_grad_and_leaves_param_grads_none():
     grad = rmix_fast.input_gradient(model, x, y)
 
     torch.manual_seed(1)  # the same forward again on a fresh copy of the state: train-mode BN, batch stats
-    twin = SmallCNN(classes=5)
+    twin = ToyCNN(classes=5)
     twin.load_state_dict(snapshot)
     xr = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(F.cross_entropy(twin(xr), y), xr)

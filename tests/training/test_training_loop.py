@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import rmix_fast
-from tests.helpers.toy_task import CLASS_NAMES, SmallCNN, make_shapes
+from tests.helpers.toy_task import CLASS_NAMES, ToyCNN, make_toy_images
+
+pytestmark = pytest.mark.slow  # trains a network to a lower held-out loss, per method
 
 
 def held_out_loss(model, x, y) -> float:
@@ -22,15 +24,15 @@ def held_out_loss(model, x, y) -> float:
 def test_loss_decreases(method):
     torch.manual_seed(0)
     data = torch.Generator().manual_seed(0)
-    model = SmallCNN()
+    model = ToyCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     cls = {"rmix": rmix_fast.RMix, "mixup": rmix_fast.Mixup, "cutmix": rmix_fast.CutMix}[method]
     mixer = cls(len(CLASS_NAMES), generator=torch.Generator().manual_seed(1))
     criterion = rmix_fast.SoftTargetCrossEntropy()
-    x_test, y_test = make_shapes(256, data)
+    x_test, y_test = make_toy_images(256, data)
     start = held_out_loss(model, x_test, y_test)
     for _ in range(150):
-        x, y = make_shapes(32, data)
+        x, y = make_toy_images(32, data)
         grad = rmix_fast.input_gradient(model, x, y) if mixer.needs_grad else None  # the 3 lines of the README
         x_mix, y_soft = mixer(x, y, grad)
         loss = criterion(model(x_mix), y_soft)
@@ -44,10 +46,10 @@ def test_loss_decreases(method):
 def test_bf16_autocast_channels_last_step():
     torch.manual_seed(0)
     data = torch.Generator().manual_seed(0)
-    model = SmallCNN().to(memory_format=torch.channels_last)
+    model = ToyCNN().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     mixer = rmix_fast.RMix(len(CLASS_NAMES), generator=torch.Generator().manual_seed(1))
-    x, y = make_shapes(16, data)
+    x, y = make_toy_images(16, data)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         grad = rmix_fast.input_gradient(model, x, y)
