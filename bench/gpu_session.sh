@@ -40,8 +40,7 @@ note "backends on cuda: $(tr '\n' ';' <"$OUT/backends.txt")"
 
 if wants tests; then
   # Every backend against the reference on CUDA tensors (Triton compiled, not interpreted; cpp's CUDA kernel).
-  timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/ops/test_rmix.py tests/ops/test_blend_regions.py \
-    tests/ops/test_rmix_autograd.py tests/mixers/test_mixers.py tests/mixers/test_input_gradient.py \
+  timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/ops tests/mixers -m "not slow" \
     >"$OUT/pytest-gpu.log" 2>&1
   note "gpu tests rc=$?: $(tail -1 "$OUT/pytest-gpu.log")"
 fi

@@ -40,12 +40,12 @@ from torch import Tensor
 
 from rmix_fast.ops import BLEND, OWN, PARTNER
 from rmix_fast.ops._checks import (
-    _same_device,
     check_cell_map,
     check_float_tensor,
     check_image,
     check_perm,
     check_regions,
+    check_same_device,
     describe,
     is_integer_tensor,
     permutation_checks,
@@ -105,7 +105,7 @@ def _check_images(x: object, mixed: object) -> tuple[Tensor, Tensor]:
     mixed = check_float_tensor("mixed", mixed)
     if mixed.shape != x.shape:
         raise ValueError(f"mixed must have x's shape {tuple(x.shape)}, got {tuple(mixed.shape)}")
-    _same_device("mixed", mixed, x.device)
+    check_same_device("mixed", mixed, x.device)
     return x, mixed
 
 
@@ -114,7 +114,7 @@ def _check_lam_eff(lam_eff: object, x: Tensor) -> Tensor:
     B = x.shape[0]
     if lam_eff.shape != (B,):
         raise ValueError(f"lam_eff must have shape ({B},) to match the batch, got {tuple(lam_eff.shape)}")
-    _same_device("lam_eff", lam_eff, x.device)
+    check_same_device("lam_eff", lam_eff, x.device)
     return lam_eff
 
 
@@ -133,7 +133,7 @@ def _check_saliency(saliency: object, top: object, x: Tensor) -> tuple[Tensor | 
         raise TypeError(f"top must be a bool tensor, got dtype {top.dtype}")
     if top.shape != saliency.shape:
         raise ValueError(f"top must have saliency's shape {tuple(saliency.shape)}, got {tuple(top.shape)}")
-    _same_device("top", top, x.device)
+    check_same_device("top", top, x.device)
     return saliency, top
 
 

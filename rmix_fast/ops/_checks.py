@@ -34,6 +34,7 @@ __all__ = [
     "check_level",
     "check_perm",
     "check_regions",
+    "check_same_device",
     "describe",
     "is_integer_tensor",
     "permutation_checks",
@@ -54,7 +55,7 @@ def is_integer_tensor(t: Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
-def _same_device(name: str, t: Tensor, device: torch.device) -> None:
+def check_same_device(name: str, t: Tensor, device: torch.device) -> None:
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but x is on {device}; all tensors must share a device")
 
@@ -85,7 +86,7 @@ def check_level(name: str, value: object, batch: int, device: torch.device) -> N
             raise ValueError(
                 f"{name} must be a Python float or a tensor of shape ({batch},), got shape {tuple(value.shape)}"
             )
-        _same_device(name, value, device)
+        check_same_device(name, value, device)
         return
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a Python float or a (B,) tensor, got {describe(value)}")
@@ -100,7 +101,7 @@ def check_perm(perm: object, batch: int, device: torch.device) -> None:
         raise TypeError(f"perm must be an integer tensor, got dtype {perm.dtype}")
     if perm.shape != (batch,):
         raise ValueError(f"perm must have shape ({batch},) to match x's batch, got {tuple(perm.shape)}")
-    _same_device("perm", perm, device)
+    check_same_device("perm", perm, device)
 
 
 def check_grid(grid: object, H: int, W: int, shape: Sequence[int]) -> int:
@@ -127,7 +128,7 @@ def check_cell_map(name: str, t: Tensor, x: Tensor) -> None:
             f"{name} must have shape (B, gh, gw) with gh dividing H={H} and gw dividing W={W} of x "
             f"(shape {tuple(x.shape)}), got shape {tuple(t.shape)}"
         )
-    _same_device(name, t, x.device)
+    check_same_device(name, t, x.device)
 
 
 def check_regions(regions: object, x: Tensor) -> None:
