@@ -1,6 +1,6 @@
-"""The compiled backend as a build artefact: it is built (or says why not), "auto" picks it on CPU, the
-package works without it, its C++ op rejects bad input itself, its results do not depend on the thread
-count, and the CMake build with its ctest executable passes.
+"""The compiled backend as a build artefact: it is built (or says why not), its C++ schemas are the ops'
+Python specs, "auto" picks it on CPU, the package works without it, its C++ op rejects bad input itself,
+its results do not depend on the thread count, and the CMake build with its ctest executables passes.
 
 The equivalence matrix against the reference runs for "cpp" in the backend-parametrized modules."""
 
@@ -17,6 +17,7 @@ import torch
 
 import rmix_fast
 from rmix_fast.ops._backends import resolve_backend
+from rmix_fast.ops._registry import NAMESPACE, OPS
 from tests.helpers.cases import check_against_reference, make_case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,35 @@ def test_extension_built_unless_skipped():
         assert not info.available and "RMIX_FAST_NO_EXT" in info.reason
     else:
         assert info.available, f"the 'cpp' backend should be built: {info.reason}"
+
+
+def _signature(schema: torch._C.FunctionSchema) -> dict:
+    """Everything of a schema but its name: what the dispatcher, the fakes and autograd rely on."""
+
+    def alias(a: torch._C.Argument) -> tuple | None:
+        info = a.alias_info
+        return None if info is None else (info.is_write, sorted(info.before_set), sorted(info.after_set))
+
+    def argument(a: torch._C.Argument) -> tuple:
+        return (a.name, a.real_type.str(), a.N, a.default_value, a.kwarg_only, alias(a))
+
+    return {
+        "arguments": [argument(a) for a in schema.arguments],
+        "returns": [argument(r) for r in schema.returns],
+        "overload": schema.overload_name,
+    }
+
+
+@needs_cpp
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_cpp_schemas_are_the_op_specs(op):
+    """csrc/ops.cpp states every schema a second time; it must say what the op's OpSpec says."""
+    spec = OPS[op].spec
+    for suffix, schema in (("", spec.schema), ("_backward", spec.backward_schema)):
+        name = f"{op}_cpp{suffix}"
+        cpp = getattr(getattr(torch.ops, NAMESPACE), name).default._schema
+        want = torch._C.parse_schema(f"{NAMESPACE}::{name}{schema}")
+        assert _signature(cpp) == _signature(want), f"{cpp} differs from the OpSpec's {want}"
 
 
 @needs_cpp
@@ -136,7 +166,8 @@ def test_label_weight_uses_float64_lam_like_the_reference():
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 def test_cmake_build_and_ctest(tmp_path):
-    """The CMake build compiles csrc/sources.txt against the installed torch and its ctest executable passes."""
+    """The CMake build compiles csrc/sources.txt against the installed torch and its ctest executables (one
+    per csrc/tests/test_<op>.cpp) pass."""
     prefix = subprocess.run(
         [sys.executable, "-c", "import torch.utils; print(torch.utils.cmake_prefix_path)"],
         capture_output=True, text=True, check=True,
@@ -151,3 +182,5 @@ def test_cmake_build_and_ctest(tmp_path):
         done = subprocess.run(step, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{' '.join(step)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     assert "100% tests passed" in done.stdout
+    for test in sorted((ROOT / "csrc" / "tests").glob("test_*.cpp")):
+        assert f" {test.stem} " in done.stdout, f"ctest did not run {test.stem}"

@@ -1,9 +1,9 @@
-// CPU kernels of the compiled ops: for R-Mix one pass over grad for the p x p cell saliency and an exact
-// per-sample percentile by selection (nth_element); for both ops one pass over x for the region blend and
-// one over grad_out for its backward. Parallel with at::parallel_for. Dense NCHW and channels_last tensors
-// are walked row by row in memory order, in runs of pixels that share one cell, so the inner loops are
-// plain vectorisable loops; any other strides take a per-element path.
-#include "rmix.h"
+// CPU kernels of the blend engine: one pass over x for the blend and one over grad_out for its backward,
+// parallel with at::parallel_for. Dense NCHW and channels_last tensors are walked row by row in memory
+// order, in runs of pixels that share one cell, so the inner loops are plain vectorisable loops; any other
+// strides take a per-element path.
+#include "blend_regions.h"
+#include "cpu/kernel_utils.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -12,21 +12,13 @@
 
 #include <algorithm>
 #include <bit>
-#include <cmath>
 #include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
 
-namespace rmix_fast {
+namespace rmix_fast::cpu {
 namespace {
-
-// Elements per parallel chunk: enough work to amortise a task, small enough to split a CIFAR batch.
-constexpr int64_t kGrainElements = 16384;
-
-int64_t grain_for(int64_t elements_per_task) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, elements_per_task));
-}
 
 // Dense layouts walked as rows of memory: NCHW rows are (b, c, h) with W elements, channels_last rows
 // are (b, h) with W*C elements (pixel-major).
@@ -67,103 +59,8 @@ Layout shared_layout(const at::Tensor& in, const at::Tensor& out) {
   return l == dense_layout(out) ? l : Layout::kStrided;
 }
 
-// torch.lerp's two-sided formula, exact at w = 0 and w = 1 and where start == end.
-template <typename T>
-inline T lerp(T start, T end, T w) {
-  return w < T(0.5) ? start + w * (end - start) : end - (end - start) * (T(1) - w);
-}
-
 // ---------------------------------------------------------------------------------------------
-// Step 1-2: cells[b, i, j] = mean over cell (i, j) of sqrt(sum_c grad[b, c, h, w]^2 / C).
-
-// Adds the squares of one image row (all channels) into sq[0..W).
-template <typename scalar_t, typename acc_t, bool kUnitW>
-inline void add_row_squares(const scalar_t* row, int64_t C, int64_t sc, int64_t sw, int64_t W, acc_t* sq) {
-  for (int64_t c = 0; c < C; ++c) {
-    const scalar_t* r = row + c * sc;
-    for (int64_t w = 0; w < W; ++w) {
-      const acc_t v = static_cast<acc_t>(r[kUnitW ? w : w * sw]);
-      sq[w] += v * v;
-    }
-  }
-}
-
-// One strip of cells (sample b, cell row i). Each pixel row's saliency is added into per-column sums in
-// acc_t (element-wise over w, so the square root and the adds vectorise); the columns of a cell are summed
-// in double once per strip. The reduction order differs from the reference's mean only by rounding.
-// `sq` and `columns` are W-element scratch owned by the calling task (reused across its strips).
-template <typename scalar_t, typename acc_t>
-void cell_strip(const scalar_t* g, int64_t C, int64_t sc, int64_t sh, int64_t sw, int64_t h0, int64_t ch,
-                int64_t W, int64_t p, acc_t* sq, acc_t* columns, acc_t* cells_row) {
-  const int64_t cw = W / p;
-  std::fill_n(columns, W, acc_t(0));
-  const acc_t channels = static_cast<acc_t>(C);
-  for (int64_t h = h0; h < h0 + ch; ++h) {
-    std::fill_n(sq, W, acc_t(0));
-    if (sw == 1) {
-      add_row_squares<scalar_t, acc_t, true>(g + h * sh, C, sc, sw, W, sq);
-    } else {
-      add_row_squares<scalar_t, acc_t, false>(g + h * sh, C, sc, sw, W, sq);
-    }
-    for (int64_t w = 0; w < W; ++w) columns[w] += std::sqrt(sq[w] / channels);
-  }
-  const double area = static_cast<double>(ch * cw);
-  for (int64_t j = 0; j < p; ++j) {
-    double sum = 0.0;
-    for (int64_t w = j * cw; w < (j + 1) * cw; ++w) sum += static_cast<double>(columns[w]);
-    cells_row[j] = static_cast<acc_t>(sum / area);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-void cell_saliency(const at::Tensor& grad, int64_t p, acc_t* cells) {
-  const int64_t B = grad.size(0), C = grad.size(1), H = grad.size(2), W = grad.size(3);
-  const int64_t sb = grad.stride(0), sc = grad.stride(1), sh = grad.stride(2), sw = grad.stride(3);
-  const int64_t ch = H / p;
-  const scalar_t* g = grad.const_data_ptr<scalar_t>();
-  // One task per (sample, cell row): B*p tasks keep both cores busy even for small batches.
-  at::parallel_for(0, B * p, grain_for(C * ch * W), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(2 * W);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / p, i = task % p;
-      cell_strip<scalar_t, acc_t>(g + b * sb, C, sc, sh, sw, i * ch, ch, W, p, scratch.data(), scratch.data() + W,
-                                  cells + task * p);
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Step 3: mask[b] = cells[b] >= torch.quantile(cells[b], q[b]); all True if any cell is non-finite.
-
-template <typename acc_t>
-void threshold_masks(const acc_t* cells, const acc_t* q, int64_t B, int64_t n, bool* mask) {
-  at::parallel_for(0, B, grain_for(16 * n), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sorted(n);
-    for (int64_t b = begin; b < end; ++b) {
-      const acc_t* S = cells + b * n;
-      bool* m = mask + b * n;
-      if (!std::all_of(S, S + n, [](acc_t v) { return std::isfinite(v); })) {
-        std::fill(m, m + n, true);
-        continue;
-      }
-      // torch.quantile (linear): rank = q*(n-1), lerp between the order statistics around it.
-      const acc_t rank = q[b] * static_cast<acc_t>(n - 1);
-      const acc_t below = std::floor(rank);
-      // Clamped: for huge n, float(n - 1) can round up to n.
-      const int64_t k = std::min<int64_t>(static_cast<int64_t>(below), n - 1);
-      std::copy(S, S + n, sorted.begin());
-      std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
-      const acc_t lo = sorted[k];
-      // After nth_element everything past k is >= lo, so the next order statistic is their minimum.
-      const acc_t hi = std::ceil(rank) > below && k + 1 < n ? *std::min_element(sorted.begin() + k + 1, sorted.end()) : lo;
-      const acc_t t = lerp(lo, hi, rank - below);
-      for (int64_t c = 0; c < n; ++c) m[c] = S[c] >= t;
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// The region blend (R-Mix steps 4-5, and blend_regions_cpp): per cell of a gh x gw grid, mixed[b] is
+// The blend (R-Mix steps 4-5, and blend_regions_cpp): per cell of a gh x gw grid, mixed[b] is
 // lerp(x[perm[b]], x[b], lam[b]), x[b] or x[perm[b]] as the cell's code says.
 
 // The uint8 codes of all samples, row-major per sample.
@@ -235,8 +132,8 @@ void blend_row_mapped(scalar_t* out, const scalar_t* own, const scalar_t* partne
 
 // Dense rows: one row of sample b is `len` elements; cell column j covers `run` consecutive ones.
 template <typename scalar_t, typename acc_t>
-void blend_dense(const at::Tensor& x, at::Tensor& mixed, const Regions& regions, const int64_t* perm,
-                 const acc_t* lam, bool channels_last) {
+void blend_dense(const at::Tensor& x, at::Tensor& mixed, const Regions& regions, const int64_t* perm, const acc_t* lam,
+                 bool channels_last) {
   const DenseRows geo(x, regions.gh, regions.gw, channels_last);
   const int64_t B = x.size(0), rows = geo.rows, len = geo.len, run = geo.run;
   const scalar_t* src = x.const_data_ptr<scalar_t>();
@@ -309,46 +206,6 @@ void label_weights(const Regions& regions, const double* lam, int64_t B, float* 
       lam_eff[b] = static_cast<float>((static_cast<double>(blended) * lam[b] + own) / n);
     }
   });
-}
-
-// Even with validate=False an index outside [0, B) must not read or write out of bounds; on the CPU
-// this check costs one pass over B integers.
-void check_perm_in_range(const int64_t* perm, int64_t B) {
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(perm[b] >= 0 && perm[b] < B, "perm must hold indices in [0, ", B - 1, "], got ", perm[b],
-                      " at position ", b);
-  }
-}
-
-// Likewise a level outside [0, 1] (or NaN) would select outside the cells.
-template <typename acc_t>
-void check_q_in_range(const acc_t* q, int64_t B) {
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_VALUE(q[b] >= acc_t(0) && q[b] <= acc_t(1), "q must lie in [0, 1]; got ", q[b], " at position ", b);
-  }
-}
-
-void mask_cpu(const at::Tensor& grad, const at::Tensor& q, int64_t grid, at::Tensor& mask) {
-  const int64_t B = grad.size(0), n = grid * grid;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rmix_cpu_saliency", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* levels = q.const_data_ptr<acc_t>();
-    check_q_in_range(levels, B);
-    std::vector<acc_t> cells(B * n);
-    cell_saliency<scalar_t, acc_t>(grad, grid, cells.data());
-    threshold_masks<acc_t>(cells.data(), levels, B, n, mask.mutable_data_ptr<bool>());
-  });
-}
-
-void regions_from_mask_cpu(const at::Tensor& mask, const at::Tensor& perm, at::Tensor& regions) {
-  const int64_t B = mask.size(0), n = mask.size(1) * mask.size(2);
-  const int64_t* pm = perm.const_data_ptr<int64_t>();
-  check_perm_in_range(pm, B);
-  const bool* m = mask.const_data_ptr<bool>();
-  uint8_t* codes = regions.mutable_data_ptr<uint8_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t c = 0; c < n; ++c) codes[b * n + c] = region_of(m[b * n + c], m[pm[b] * n + c]);
-  }
 }
 
 void blend_cpu(const BlendArgs& args, BlendOutputs& out) {
@@ -445,8 +302,8 @@ void grad_row_mapped(scalar_t* out, const scalar_t* g_own, const scalar_t* g_via
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_dense(const at::Tensor& go, at::Tensor& gx, const Regions& regions, const int64_t* src,
-                    const acc_t* lam, bool channels_last) {
+void backward_dense(const at::Tensor& go, at::Tensor& gx, const Regions& regions, const int64_t* src, const acc_t* lam,
+                    bool channels_last) {
   const DenseRows geo(go, regions.gh, regions.gw, channels_last);
   const int64_t B = go.size(0), rows = geo.rows, len = geo.len, run = geo.run;
   const scalar_t* g = go.const_data_ptr<scalar_t>();
@@ -498,7 +355,7 @@ void backward_strided(const at::Tensor& go, at::Tensor& gx, const Regions& regio
   });
 }
 
-void blend_backward_cpu(const BackwardArgs& args, at::Tensor& grad_x) {
+void blend_backward_cpu(const BlendBackwardArgs& args, at::Tensor& grad_x) {
   const at::Tensor& go = args.grad_out;
   const int64_t B = go.size(0);
   const int64_t* perm = args.perm.const_data_ptr<int64_t>();
@@ -518,10 +375,12 @@ void blend_backward_cpu(const BackwardArgs& args, at::Tensor& grad_x) {
   });
 }
 
-constexpr DeviceKernels kCpuKernels{&mask_cpu, &regions_from_mask_cpu, &blend_cpu, &blend_backward_cpu};
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rmix_fast, CPU, m) { register_kernels<kCpuKernels>(m); }
+const BlendRegionsKernels kBlendRegionsKernels{&blend_cpu, &blend_backward_cpu};
 
-}  // namespace rmix_fast
+TORCH_LIBRARY_IMPL(rmix_fast, CPU, m) {
+  impl_op<blend_regions_forward, blend_regions_backward, kBlendRegionsKernels>(m, "blend_regions");
+}
+
+}  // namespace rmix_fast::cpu
