@@ -21,7 +21,8 @@ void define_op(torch::Library& m, const std::string& op, const std::string& sche
 }  // namespace
 
 TORCH_LIBRARY(rmix_fast, m) {
-  // Fake kernels and autograd come from this Python module; torch imports it if they are needed first.
+  // The module that registers the fakes and autograd of every op (torch checks the caller's module); torch
+  // imports it if they are needed first, and importing it imports the package, so every op registers.
   m.set_python_module("rmix_fast.ops._registry");
 
   // The blend engine with the caller's codes per cell (0 blend, 1 own, else partner): Mixup, CutMix.

@@ -27,7 +27,6 @@ From any mixer after a mixed batch (``p = mixer.last_params``, ``p.applied``): `
 from __future__ import annotations
 
 import math
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from rmix_fast.ops._checks import (
     check_float_tensor,
     check_image,
     check_perm,
+    check_positive_int,
     check_regions,
     check_same_device,
     describe,
@@ -81,18 +81,6 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 # ----------------------------------------------------------------------------------------------
 # validation
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {describe(value)}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {describe(value)}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def _check_images(x: object, mixed: object) -> tuple[Tensor, Tensor]:
@@ -278,8 +266,11 @@ def _upscale(t: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _picture(rgb: Tensor, size: tuple[int, int]) -> Image.Image:
-    """(h, w, 3) uint8 -> PIL image of ``size`` = (W', H'), each entry a crisp block."""
-    return Image.fromarray(_upscale(rgb, size).contiguous().numpy())
+    """(h, w, 3) uint8 -> PIL image of ``size`` = (W', H'), each entry a crisp block. Through bytes, not
+    numpy: the library does not depend on numpy; nearest resizing by a whole factor repeats each entry."""
+    h, w = rgb.shape[:2]
+    image = Image.frombytes("RGB", (w, h), bytes(rgb.contiguous().flatten().tolist()))
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def _coarse(grid: tuple[int, int], size: tuple[int, int]) -> bool:
@@ -649,7 +640,7 @@ def save_mix_grid(
     named = _check_labels(labels, class_names, B)
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a str or None, got {describe(title)}")
-    scale = _check_positive_int("scale", scale)
+    scale = check_positive_int("scale", scale)
     style = _Style(
         size=(x.shape[3] * scale, x.shape[2] * scale),
         scale=scale,
@@ -657,7 +648,7 @@ def save_mix_grid(
         mean=_channel_stats("mean", mean, C, 0.0),
         std=_channel_stats("std", std, C, 1.0),
     )
-    n = min(B, _check_positive_int("max_samples", max_samples))
+    n = min(B, check_positive_int("max_samples", max_samples))
     checks = [*permutation_checks(perm), unit_interval_check("lam_eff", lam_eff)]
     run_content_checks([*checks, *([region_code_check(regions)] if regions is not None else [])])
 

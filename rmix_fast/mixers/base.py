@@ -2,8 +2,9 @@
 ``last_params``. A method supplies only its draw and its op call (``Mixer.mix``), or only its region map
 (``RegionMixer.draw_regions``).
 
-A mixer is an ``nn.Module``, so a learned one has ``.to()``, ``state_dict()`` (checkpointed with the run
-by ``rmix-train``) and can sit under DDP; the methods here hold no state.
+A mixer is an ``nn.Module``, so a learned one has ``.to()`` and ``state_dict()`` (checkpointed with the run
+by ``rmix-train``, which saves rank 0's state and resumes every rank from it: a mixer with state keeps it
+identical on every rank); the methods here hold no state.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ class MixParams:
     perm: Tensor | None = None  # (B,) partner of each sample
     lam: Tensor | None = None  # (B,) float32 blend weight drawn from Beta(alpha, alpha)
     lam_eff: Tensor | None = None  # (B,) float32 weight of each sample's own label
-    regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
     grid: int | None = None  # R-Mix: p
     q: Tensor | None = None  # R-Mix: (B,) percentile levels
     mask: Tensor | None = None  # R-Mix: (B, p, p) bool top mask
     box: Tensor | None = None  # CutMix: (B, 4) int64 rows [y0, y1) and columns [x0, x1) taken from the partner
+    regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
 
     def region_map(self) -> Tensor | None:
         """(B, gh, gw) int8 codes of how each cell of each mixed image was made (``BLEND``, ``OWN``,
@@ -54,11 +55,14 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     if y.dim() == 1:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y of shape (B,) must hold integer class labels, got dtype {y.dtype}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        # Checked where it costs no device sync; on an accelerator the scatter below fails on a bad label
+        # as a device-side assert instead, so the training step never waits for the device here.
+        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(
                 f"labels must lie in [0, {num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
             )
-        t = torch.nn.functional.one_hot(y.long(), num_classes).to(torch.float32)
+        t = torch.zeros((y.shape[0], num_classes), dtype=torch.float32, device=y.device)
+        t.scatter_(1, y.long().unsqueeze(1), 1.0)
     elif y.dim() == 2:
         if y.shape[1] != num_classes or not y.is_floating_point():
             raise ValueError(f"soft targets must be a float (B, {num_classes}) tensor, got {y.dtype} {tuple(y.shape)}")

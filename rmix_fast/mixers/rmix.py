@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from rmix_fast.mixers.base import Mixer, MixParams
@@ -16,7 +17,8 @@ __all__ = ["RMix"]
 class RMix(Mixer):
     """R-Mix: per batch p from ``grids``, lam ~ Beta(alpha, alpha) (one per batch, or per sample), q per
     sample from ``levels`` equal steps in [0, 0.99], a random partner for every sample. Needs the input
-    gradient (``rmix_fast.input_gradient``). The other arguments are ``Mixer``'s."""
+    gradient (``rmix_fast.input_gradient``). The other arguments are ``Mixer``'s (here also positional,
+    after ``levels``)."""
 
     needs_grad = True
 
@@ -26,9 +28,21 @@ class RMix(Mixer):
         alpha: float = 1.0,
         grids: Sequence[int] = (2, 4),
         levels: int = 10,
-        **common: object,
+        prob: float = 1.0,
+        label_smoothing: float = 0.0,
+        per_sample_lam: bool = False,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(num_classes, alpha=alpha, **common)
+        super().__init__(
+            num_classes,
+            alpha=alpha,
+            prob=prob,
+            label_smoothing=label_smoothing,
+            per_sample_lam=per_sample_lam,
+            generator=generator,
+            backend=backend,
+        )
         self.grids = check_grids(grids)
         self.levels = check_levels(levels)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
+import pkgutil
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +39,11 @@ def _find_triton_problem() -> str | None:
     version = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit())
     if version < MIN_TRITON:
         return f"triton {triton.__version__} is too old; rmix_fast needs triton >= 3.6"
-    try:
-        import rmix_fast.ops._triton.blend_regions
-        import rmix_fast.ops._triton.rmix  # noqa: F401  (decorates the kernels)
+    try:  # every op's kernels (importing decorates them), found by listing the package: no list to keep
+        import rmix_fast.ops._triton as kernels
+
+        for module in pkgutil.iter_modules(kernels.__path__):
+            importlib.import_module(f"{kernels.__name__}.{module.name}")
     except Exception as exc:  # an import failure must be reported, not crash the package
         return f"importing the Triton kernels failed: {type(exc).__name__}: {exc}"
     return None

@@ -33,6 +33,7 @@ __all__ = [
     "check_image",
     "check_level",
     "check_perm",
+    "check_positive_int",
     "check_regions",
     "check_same_device",
     "describe",
@@ -104,16 +105,22 @@ def check_perm(perm: object, batch: int, device: torch.device) -> None:
     check_same_device("perm", perm, device)
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """An int >= 1 (numpy integers too; not bool), returned as a plain int."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {describe(value)}") from None
+    if as_int < 1:
+        raise ValueError(f"{name} must be >= 1, got {as_int}")
+    return as_int
+
+
 def check_grid(grid: object, H: int, W: int, shape: Sequence[int]) -> int:
     """An int p >= 1 dividing H and W; returned as a plain int."""
-    if isinstance(grid, bool):
-        raise TypeError(f"grid must be an int, got {grid!r}")
-    try:
-        p = operator.index(grid)
-    except TypeError:
-        raise TypeError(f"grid must be an int, got {describe(grid)}") from None
-    if p < 1:
-        raise ValueError(f"grid must be >= 1, got {p}")
+    p = check_positive_int("grid", grid)
     if H % p or W % p:
         raise ValueError(f"grid={p} must divide both H={H} and W={W} of x (shape {tuple(shape)})")
     return p

@@ -123,9 +123,22 @@ def _python_backends(spec: OpSpec) -> dict[str, tuple[Callable[..., Any], Callab
         modules["triton"] = f"rmix_fast.ops._triton.{spec.name}"
     found = {}
     for backend, module_name in modules.items():
-        module = importlib.import_module(module_name)
-        found[backend] = (getattr(module, f"{spec.name}_forward"), getattr(module, f"{spec.name}_backward"))
+        try:
+            module = importlib.import_module(module_name)
+            found[backend] = (getattr(module, f"{spec.name}_forward"), getattr(module, f"{spec.name}_backward"))
+        except (ImportError, AttributeError) as exc:
+            raise ImportError(
+                f"op {spec.name!r} has no {backend} implementation: {module_name} must define "
+                f"{spec.name}_forward and {spec.name}_backward (CONTRIBUTING.md, 'Add an op'): {exc}"
+            ) from exc
     return found
+
+
+def _check_spec(spec: OpSpec) -> None:
+    """The conventions the registry relies on: ``x`` first, ``validate`` last."""
+    args = torch._C.parse_schema(f"{NAMESPACE}::{spec.name}{spec.schema}").arguments
+    if args[0].name != "x" or args[-1].name != "validate" or str(args[-1].type) != "bool":
+        raise ValueError(f"op {spec.name!r}: the schema must start with Tensor x and end with bool validate")
 
 
 def register_op(spec: OpSpec) -> RegisteredOp:
@@ -133,6 +146,7 @@ def register_op(spec: OpSpec) -> RegisteredOp:
     op, at import: registering lazily would happen inside torch.compile's tracing."""
     if spec.name in OPS:
         raise ValueError(f"op {spec.name!r} is registered already")
+    _check_spec(spec)
     forward, backward = {}, {}
     for backend, (forward_impl, backward_impl) in _python_backends(spec).items():
         forward[backend], backward[backend] = _define(spec, backend, forward_impl, backward_impl)

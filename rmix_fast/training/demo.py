@@ -33,7 +33,7 @@ COLUMNS = (
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m rmix_fast.training.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rmix_fast.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo", help="output folder (default: %(default)s)")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(DEFAULT_METHODS), help="methods to run")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per method (default: %(default)s)")

@@ -19,6 +19,7 @@ from rmix_fast.training.checkpoint import atomic_write_json, load_checkpoint
 from rmix_fast.training.data import build_dataset
 from rmix_fast.training.evaluation import evaluate_model, print_results, write_plots
 from rmix_fast.training.models import PixelClassifier, build_model
+from rmix_fast.training.run_dir import CHECKPOINT, RELIABILITY
 from rmix_fast.training.runtime import AMP_MODES, default_device
 
 __all__ = ["main"]
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     path = Path(args.checkpoint)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / CHECKPOINT
     try:
         state = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as e:
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     write_plots(out, result, None)
     print_results(result, title=f"{cfg['method']} / {cfg['model']} / {cfg['dataset']} (epoch {state['epoch'] + 1})")
-    print(f"wrote {out / 'eval.json'} and {out / 'reliability.png'}")
+    print(f"wrote {out / 'eval.json'} and {out / RELIABILITY}")
     return 0
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from rmix_fast.training.batches import epoch_batches, iterate_batches, to_pixels
 from rmix_fast.training.distributed import DistEnv
 from rmix_fast.training.metrics import Evaluator
+from rmix_fast.training.run_dir import CURVES, RELIABILITY
 from rmix_fast.training.runtime import amp_autocast
 
 __all__ = ["evaluate_model", "print_results", "write_plots"]
@@ -78,6 +79,6 @@ def write_plots(out: Path, result: dict[str, Any], history: list[dict[str, Any]]
 
     written = []
     if history:
-        written.append(plot_curves(history, Path(out) / "curves.png"))
-    written.append(plot_reliability(result["calibration"], Path(out) / "reliability.png"))
+        written.append(plot_curves(history, Path(out) / CURVES))
+    written.append(plot_reliability(result["calibration"], Path(out) / RELIABILITY))
     return written

@@ -15,13 +15,13 @@ from rmix_fast.training.checkpoint import load_checkpoint
 from rmix_fast.training.data import DATASET_NAMES
 from rmix_fast.training.methods import METHODS
 from rmix_fast.training.models import MODEL_NAMES
+from rmix_fast.training.run_dir import CHECKPOINT
 from rmix_fast.training.runtime import AMP_MODES
 
-__all__ = ["CHECKPOINT", "NOT_RUN_DEFINING", "build_parser", "config_value", "parse_args"]
+__all__ = ["NOT_RUN_DEFINING", "build_parser", "config_value", "parse_args"]
 
 DESCRIPTION = "Train an image classifier with a mixing method, under the R-Mix paper's protocol."
 SCHEDULERS = ("onecycle", "multistep")
-CHECKPOINT = "checkpoint.pt"
 # Options that do not change what a run computes: free to differ on --resume.
 NOT_RUN_DEFINING = ("out", "resume", "overwrite", "device", "workers", "progress", "data_dir")
 DEFAULT_MODEL = {"shapes": "small_cnn", "cifar10": "preactresnet18", "cifar100": "preactresnet18"}

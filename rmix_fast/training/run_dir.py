@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from rmix_fast.training.checkpoint import atomic_write_json, save_checkpoint
-from rmix_fast.training.options import CHECKPOINT
 
-__all__ = ["OUTPUT_FILES", "RunDir"]
+__all__ = ["CHECKPOINT", "CURVES", "OUTPUT_FILES", "RELIABILITY", "RunDir"]
 
+CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
 METRICS = "metrics.json"
+CURVES = "curves.png"
+RELIABILITY = "reliability.png"
 SAMPLE_PICTURE = "mixed_samples.png"
-OUTPUT_FILES = (LOG, METRICS, CHECKPOINT, "curves.png", "reliability.png", SAMPLE_PICTURE)
+OUTPUT_FILES = (LOG, METRICS, CHECKPOINT, CURVES, RELIABILITY, SAMPLE_PICTURE)
 
 
 class RunDir:

@@ -1,6 +1,6 @@
-"""The compiled backend as a build artefact: it is built (or says why not), its C++ schemas are the ops'
-Python specs, "auto" picks it on CPU, the package works without it, its C++ op rejects bad input itself,
-its results do not depend on the thread count, and the CMake build with its ctest executables passes.
+"""The compiled backend as a build artefact: it is built (or says why not), "auto" picks it on CPU, the
+package works without it, its C++ op rejects bad input itself, its results do not depend on the thread
+count, and the CMake build with its ctest executables passes.
 
 The equivalence matrix against the reference runs for "cpp" in the backend-parametrized modules."""
 
@@ -17,7 +17,6 @@ import torch
 
 import rmix_fast
 from rmix_fast.ops._backends import resolve_backend
-from rmix_fast.ops._registry import NAMESPACE, OPS
 from tests.helpers.cases import check_against_reference, make_case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,35 +33,6 @@ def test_extension_built_unless_skipped():
         assert not info.available and "RMIX_FAST_NO_EXT" in info.reason
     else:
         assert info.available, f"the 'cpp' backend should be built: {info.reason}"
-
-
-def _signature(schema: torch._C.FunctionSchema) -> dict:
-    """Everything of a schema but its name: what the dispatcher, the fakes and autograd rely on."""
-
-    def alias(a: torch._C.Argument) -> tuple | None:
-        info = a.alias_info
-        return None if info is None else (info.is_write, sorted(info.before_set), sorted(info.after_set))
-
-    def argument(a: torch._C.Argument) -> tuple:
-        return (a.name, a.real_type.str(), a.N, a.default_value, a.kwarg_only, alias(a))
-
-    return {
-        "arguments": [argument(a) for a in schema.arguments],
-        "returns": [argument(r) for r in schema.returns],
-        "overload": schema.overload_name,
-    }
-
-
-@needs_cpp
-@pytest.mark.parametrize("op", sorted(OPS))
-def test_cpp_schemas_are_the_op_specs(op):
-    """csrc/ops.cpp states every schema a second time; it must say what the op's OpSpec says."""
-    spec = OPS[op].spec
-    for suffix, schema in (("", spec.schema), ("_backward", spec.backward_schema)):
-        name = f"{op}_cpp{suffix}"
-        cpp = getattr(getattr(torch.ops, NAMESPACE), name).default._schema
-        want = torch._C.parse_schema(f"{NAMESPACE}::{name}{schema}")
-        assert _signature(cpp) == _signature(want), f"{cpp} differs from the OpSpec's {want}"
 
 
 @needs_cpp

@@ -145,3 +145,8 @@ def check_against_reference(backend: str, case: Case) -> int:
     torch.testing.assert_close(mixed, want_mixed, rtol=rtol, atol=atol, equal_nan=True)
     torch.testing.assert_close(lam_eff, want_lam_eff, rtol=1e-6, atol=1e-7)
     return int(flipped.sum())
+
+
+def make_regions(B: int, gh: int, gw: int, seed: int = 0, dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (B, gh, gw), generator=g).to(dtype).to(DEVICE)

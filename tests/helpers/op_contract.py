@@ -33,6 +33,8 @@ class OpContract:
         public: ``(arguments without validate, backend) -> outputs`` through the public function.
         break_content: arguments with a content error that only ``validate`` catches, and the message.
         bad_arguments: per op, ``(transform of the arguments, error type, message)`` the public function raises.
+        scalars: arguments the public function also takes as Python numbers (index: a value to pass),
+            which must trace too (the op then builds their tensors inside the compiled graph).
     """
 
     name: str
@@ -40,6 +42,13 @@ class OpContract:
     public: Callable[[Inputs, str], tuple[Tensor, ...]]
     break_content: tuple[Callable[[Inputs], Inputs], str]
     bad_arguments: list[tuple[Callable[[Inputs], Inputs], type[Exception], str]] = field(default_factory=list)
+    scalars: dict[int, float] = field(default_factory=dict)
+
+
+# Odd, non-square images: (C, H, W) of the op checks, and a tiny one for gradcheck (it runs the op twice
+# per input element).
+SHAPE = (3, 8, 6)
+GRADCHECK_SHAPE = (1, 2, 6)
 
 
 def _with_x(args: Inputs, x: Any) -> Inputs:
@@ -60,8 +69,7 @@ def _float_outputs(outputs: tuple[Tensor, ...]) -> list[Tensor]:
 
 def check_opcheck(contract: OpContract, backend: str, device: torch.device) -> None:
     op = OPS[contract.name]
-    args = contract.inputs(4, torch.float32, (3, 8, 8))
-    args = tree_to(args, device)
+    args = tree_to(contract.inputs(4, torch.float32, SHAPE), device)
     args = (args[0].detach().requires_grad_(True), *args[1:])
     torch.library.opcheck(op.forward[backend], args)
     outputs = op.forward[backend](*args)
@@ -73,22 +81,24 @@ def check_opcheck(contract: OpContract, backend: str, device: torch.device) -> N
 
 def check_compile_fullgraph(contract: OpContract, backend: str, device: torch.device) -> None:
     torch._dynamo.reset()
-    args = tree_to(contract.inputs(4, torch.float32, (3, 8, 8)), device)[:-1]
+    args = tree_to(contract.inputs(4, torch.float32, SHAPE), device)[:-1]
     x = args[0].contiguous(memory_format=torch.channels_last)
+    with_scalars = tuple(contract.scalars.get(i, a) for i, a in enumerate(args))
 
     def step(t: Tensor, rest: Inputs) -> tuple[Tensor, list[Tensor]]:
         outputs = contract.public((t, *rest), backend)
         return (outputs[0] * outputs[0]).sum(), _float_outputs(outputs[1:])
 
-    compiled = torch.compile(step, fullgraph=True)
-    x_eager, x_compiled = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
-    loss_eager, rest_eager = step(x_eager, args[1:])
-    loss_compiled, rest_compiled = compiled(x_compiled, args[1:])
-    loss_eager.backward()
-    loss_compiled.backward()
-    torch.testing.assert_close(loss_compiled, loss_eager)
-    torch.testing.assert_close(rest_compiled, rest_eager)
-    torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+    for variant in (args, with_scalars):
+        compiled = torch.compile(step, fullgraph=True)
+        x_eager, x_compiled = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        loss_eager, rest_eager = step(x_eager, variant[1:])
+        loss_compiled, rest_compiled = compiled(x_compiled, variant[1:])
+        loss_eager.backward()
+        loss_compiled.backward()
+        torch.testing.assert_close(loss_compiled, loss_eager)
+        torch.testing.assert_close(rest_compiled, rest_eager)
+        torch.testing.assert_close(x_compiled.grad, x_eager.grad)
     # the content checks run inside the op, so the compiled code still rejects bad content
     broken, match = contract.break_content
     with pytest.raises(ValueError, match=match):
@@ -97,7 +107,7 @@ def check_compile_fullgraph(contract: OpContract, backend: str, device: torch.de
 
 def check_gradcheck(contract: OpContract, backend: str, device: torch.device) -> None:
     # C = 1 and a few pixels: gradcheck runs the op twice per input element
-    args = tree_to(contract.inputs(3, torch.float64, (1, 2, 4)), device)[:-1]
+    args = tree_to(contract.inputs(3, torch.float64, GRADCHECK_SHAPE), device)[:-1]
     x = args[0].detach().clone().requires_grad_(True)
 
     def fn(t: Tensor) -> Tensor:
@@ -107,14 +117,16 @@ def check_gradcheck(contract: OpContract, backend: str, device: torch.device) ->
 
 
 def check_empty_batch(contract: OpContract, backend: str, device: torch.device) -> None:
-    args = tree_to(contract.inputs(0, torch.float32, (3, 4, 4)), device)[:-1]
-    outputs = contract.public(args, backend)
-    assert outputs[0].shape == args[0].shape and outputs[0].dtype == args[0].dtype
-    assert all(t.shape[0] == 0 for t in outputs[1:])
+    args = tree_to(contract.inputs(0, torch.float32, SHAPE), device)
+    public = contract.public(args[:-1], backend)
+    direct = OPS[contract.name].forward[backend](*args)  # the backend's own op, past the public guard
+    for outputs in (public, direct):
+        assert outputs[0].shape == args[0].shape and outputs[0].dtype == args[0].dtype
+        assert all(t.shape[0] == 0 for t in outputs[1:])
 
 
 def check_bad_arguments(contract: OpContract, backend: str, device: torch.device) -> None:
-    args = tree_to(contract.inputs(4, torch.float32, (3, 8, 8)), device)[:-1]
+    args = tree_to(contract.inputs(4, torch.float32, SHAPE), device)[:-1]
     for transform, error, match in [*COMMON_BAD_ARGUMENTS, *contract.bad_arguments]:
         with pytest.raises(error, match=match):
             contract.public(transform(args), backend)

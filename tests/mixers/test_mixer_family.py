@@ -1,7 +1,7 @@
 """What every mixer of the family does (``Mixer``'s contract), on every backend: pixels and soft targets
 follow ``last_params``, seeds, batch sizes, ``prob``, smoothing, soft-target input, per-sample lam, layouts,
-module state, bad arguments. A new method joins ``MIXERS`` (with its expected mix in
-``test_outputs_follow_the_drawn_parameters``); its own behaviour goes in ``test_<method>.py``."""
+module state, bad arguments. A new method joins ``MIXERS`` and ``EXPECTED_MIX``; its own
+behaviour goes in ``test_<method>.py``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,32 @@ from tests.helpers.mixer_cases import K, batch, expected_targets, make
 MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix]
 
 
+def _rmix_mix(x, grad, p):
+    want, want_lam_eff, want_mask = reference.rmix_forward(x, grad, p.perm, p.lam, p.q, p.grid)
+    assert p.grid in (2, 4) and torch.equal(p.mask, want_mask)
+    return want, want_lam_eff
+
+
+def _mixup_mix(x, grad, p):
+    return reference.blend_regions_forward(x, torch.zeros(x.shape[0], 1, 1, dtype=torch.int8), p.perm, p.lam)
+
+
+def _cutmix_mix(x, grad, p):
+    y0, y1, x0, x1 = p.box[0].tolist()
+    want = x.clone()
+    want[:, :, y0:y1, x0:x1] = x[p.perm][:, :, y0:y1, x0:x1]
+    area = (y1 - y0) * (x1 - x0) / (x.shape[2] * x.shape[3])
+    return want, torch.full((x.shape[0],), 1 - area, device=DEVICE)
+
+
+# Each method's mix, written from its definition (not through the blend engine where avoidable).
+EXPECTED_MIX = {rmix_fast.RMix: _rmix_mix, rmix_fast.Mixup: _mixup_mix, rmix_fast.CutMix: _cutmix_mix}
+
+
+def test_every_mixer_has_an_expected_mix():
+    assert set(EXPECTED_MIX) == set(MIXERS)
+
+
 @pytest.mark.parametrize("cls", MIXERS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_outputs_follow_the_drawn_parameters(cls, backend):
@@ -28,16 +54,7 @@ def test_outputs_follow_the_drawn_parameters(cls, backend):
     assert y_soft.shape == (6, K) and y_soft.dtype == torch.float32
     torch.testing.assert_close(y_soft.sum(1), torch.ones(6, device=DEVICE))
     torch.testing.assert_close(y_soft, expected_targets(y, p))
-    if cls is rmix_fast.RMix:
-        want, want_lam_eff, want_mask = reference.rmix_forward(x, grad, p.perm, p.lam, p.q, p.grid)
-        assert p.grid in (2, 4) and torch.equal(p.mask, want_mask)
-    elif cls is rmix_fast.Mixup:
-        want, want_lam_eff = reference.blend_regions_forward(x, torch.zeros(6, 1, 1, dtype=torch.int8), p.perm, p.lam)
-    else:
-        y0, y1, x0, x1 = p.box[0].tolist()
-        want = x.clone()
-        want[:, :, y0:y1, x0:x1] = x[p.perm][:, :, y0:y1, x0:x1]
-        want_lam_eff = torch.full((6,), 1 - (y1 - y0) * (x1 - x0) / 256, device=DEVICE)
+    want, want_lam_eff = EXPECTED_MIX[cls](x, grad, p)
     torch.testing.assert_close(x_mix, want)
     torch.testing.assert_close(p.lam_eff, want_lam_eff)
 

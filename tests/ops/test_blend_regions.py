@@ -1,8 +1,8 @@
 """The region blend (``rmix_fast.blend_regions``): the engine behind R-Mix, Mixup and CutMix.
 
 Every backend against the reference over dtypes, layouts and square / non-square / pixel-exact region
-grids; the reference against a per-pixel transcription of the definition; R-Mix through regions equals
-``rmix``; backward; bad input. opcheck, compile, gradcheck and B = 0: ``test_op_contracts.py``.
+grids (the reference itself: ``test_blend_regions_reference.py``); R-Mix through regions equals ``rmix``;
+backward; bad input. opcheck, compile, gradcheck and B = 0: ``test_op_contracts.py``.
 """
 
 from __future__ import annotations
@@ -12,42 +12,10 @@ import torch
 
 import rmix_fast
 from rmix_fast import BLEND, OWN, PARTNER, reference
-from tests.helpers.cases import BACKENDS, BLEND_TOL, DEVICE, make_case
+from tests.helpers.cases import BACKENDS, BLEND_TOL, DEVICE, make_case, make_regions
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 GRIDS = [(1, 1), (3, 5), (4, 2), (12, 10)]  # 12 x 10 images: mixup, odd, non-square, one cell per pixel
-
-
-def make_regions(B: int, gh: int, gw: int, seed: int = 0, dtype: torch.dtype = torch.int8) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 3, (B, gh, gw), generator=g).to(dtype).to(DEVICE)
-
-
-def literal_blend(x: torch.Tensor, regions: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Pixel by pixel, straight from the docstring (float64)."""
-    B, C, H, W = x.shape
-    gh, gw = regions.shape[1:]
-    out = torch.empty(B, C, H, W, dtype=torch.float64)
-    xd = x.double().cpu()
-    for b in range(B):
-        for h in range(H):
-            for w in range(W):
-                code = int(regions[b, h // (H // gh), w // (W // gw)])
-                own, other = xd[b, :, h, w], xd[int(perm[b]), :, h, w]
-                lb = float(lam[b])
-                out[b, :, h, w] = lb * own + (1 - lb) * other if code == BLEND else (own if code == OWN else other)
-    return out
-
-
-def test_reference_matches_the_definition_pixel_by_pixel():
-    case = make_case(B=5, H=12, W=10, dtype=torch.float64)
-    regions = make_regions(5, 3, 5)
-    lam = torch.rand(5, dtype=torch.float64, device=DEVICE)
-    mixed, lam_eff = reference.blend_regions_forward(case.x, regions, case.perm, lam)
-    torch.testing.assert_close(mixed.cpu(), literal_blend(case.x, regions, case.perm, lam))
-    n_blend = (regions == BLEND).flatten(1).sum(1).double()
-    n_own = (regions == OWN).flatten(1).sum(1).double()
-    torch.testing.assert_close(lam_eff, ((n_blend * lam + n_own) / 15).float())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -177,5 +145,9 @@ def test_regions_from_mask_codes():
     mask = torch.tensor([[[True, False], [True, False]], [[True, True], [False, False]]])
     regions = rmix_fast.regions_from_mask(mask, torch.tensor([1, 0]))
     assert regions.tolist() == [[[BLEND, PARTNER], [OWN, BLEND]], [[BLEND, OWN], [PARTNER, BLEND]]]
+    # a 3-cycle is not its own inverse: sample b is compared with perm[b], not with the sample taking b
+    mask = torch.tensor([[[True, False]], [[False, False]], [[True, True]]])
+    regions = rmix_fast.regions_from_mask(mask, torch.tensor([1, 2, 0]))
+    assert regions.tolist() == [[[OWN, BLEND]], [[PARTNER, PARTNER]], [[BLEND, OWN]]]
     with pytest.raises(TypeError, match="mask"):
         rmix_fast.regions_from_mask(mask.int(), torch.tensor([1, 0]))

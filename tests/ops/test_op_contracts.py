@@ -1,5 +1,5 @@
 """Every registered op keeps the contract of ``tests/helpers/op_contract.py`` on every backend that runs
-here; a new op cannot skip it (its ``OpContract`` must be listed below)."""
+here; a new op cannot skip it (its ``OpContract`` must be listed below). The C++ schemas are the specs'."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 import rmix_fast
 from rmix_fast.ops._extension import COMPILED_OPS
-from rmix_fast.ops._registry import OPS
+from rmix_fast.ops._registry import NAMESPACE, OPS
 from tests.helpers.cases import BACKENDS, DEVICE
 from tests.helpers.op_contract import CHECKS, OpContract
 
@@ -26,7 +26,7 @@ def _levels(g: torch.Generator, batch: int) -> torch.Tensor:
 def blend_regions_inputs(batch: int, dtype: torch.dtype, shape: tuple[int, int, int]) -> tuple:
     g = torch.Generator().manual_seed(1)
     x = _images(g, batch, dtype, shape)
-    regions = torch.randint(0, 3, (batch, 2, 2), generator=g).to(torch.int8)
+    regions = torch.randint(0, 3, (batch, 2, 3), generator=g).to(torch.int8)  # non-square cells
     return x, regions, torch.randperm(batch, generator=g), _levels(g, batch).to(dtype), True
 
 
@@ -47,6 +47,7 @@ CONTRACTS = {
         inputs=blend_regions_inputs,
         public=lambda a, backend: rmix_fast.blend_regions(a[0], regions=a[1], perm=a[2], lam=a[3], backend=backend),
         break_content=(_zero_perm(2), "perm must be a permutation"),
+        scalars={3: 0.3},
         bad_arguments=[
             (lambda a: (a[0], a[1].float(), *a[2:]), TypeError, "regions must be an integer tensor"),
             (lambda a: (*a[:2], a[2].float(), *a[3:]), TypeError, "perm must be an integer tensor"),
@@ -59,10 +60,11 @@ CONTRACTS = {
             a[0], a[1], perm=a[2], lam=a[3], q=a[4], grid=a[5], backend=backend, return_mask=True
         ),
         break_content=(_zero_perm(2), "perm must be a permutation"),
+        scalars={3: 0.3, 4: 0.5},
         bad_arguments=[
             (lambda a: (a[0], a[1].tolist(), *a[2:]), TypeError, "grad must be a torch.Tensor"),
             (lambda a: (*a[:2], a[2].float(), *a[3:]), TypeError, "perm must be an integer tensor"),
-            (lambda a: (*a[:5], 3), ValueError, "grid=3 must divide both H=8 and W=8"),
+            (lambda a: (*a[:5], 4), ValueError, "grid=4 must divide both H=8 and W=6"),
         ],
     ),
 }
@@ -79,3 +81,33 @@ CASES = [(op, backend) for op in CONTRACTS for backend in BACKENDS if backend in
 @pytest.mark.parametrize(("op", "backend"), CASES, ids=[f"{o}-{b}" for o, b in CASES])
 def test_op_contract(op, backend, check):
     CHECKS[check](CONTRACTS[op], backend, DEVICE)
+
+
+def _signature(schema: torch._C.FunctionSchema) -> dict:
+    """Everything of a schema but its name: what the dispatcher, the fakes and autograd rely on."""
+
+    def alias(a: torch._C.Argument) -> tuple | None:
+        info = a.alias_info
+        return None if info is None else (info.is_write, sorted(info.before_set), sorted(info.after_set))
+
+    def argument(a: torch._C.Argument) -> tuple:
+        return (a.name, a.real_type.str(), a.N, a.default_value, a.kwarg_only, alias(a))
+
+    return {
+        "arguments": [argument(a) for a in schema.arguments],
+        "returns": [argument(r) for r in schema.returns],
+        "overload": schema.overload_name,
+    }
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_cpp_schemas_are_the_op_specs(op):
+    """csrc/ops.cpp states every schema a second time; it must say what the op's OpSpec says."""
+    if "cpp" not in OPS[op].forward:
+        pytest.skip("the 'cpp' backend is not built here")
+    spec = OPS[op].spec
+    for suffix, schema in (("", spec.schema), ("_backward", spec.backward_schema)):
+        name = f"{op}_cpp{suffix}"
+        cpp = getattr(getattr(torch.ops, NAMESPACE), name).default._schema
+        want = torch._C.parse_schema(f"{NAMESPACE}::{name}{schema}")
+        assert _signature(cpp) == _signature(want), f"{cpp} differs from the OpSpec's {want}"
