@@ -32,6 +32,7 @@ import torch
 
 import rmix_fast
 from rmix_fast.ops import resolve_backend
+from rmix_fast.training.runtime import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The version of the op-benchmark JSON layout; files without "schema" come from the scripts before the runner.
@@ -165,31 +166,20 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device, command: str) -> dict[str, Any]:
-    """Device, versions and commit of this run."""
+    """Device, versions and commit of this run (the versions and commit as rmix-train records them)."""
     try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=RESULTS.parent
-        ).stdout.strip()
         # bench/results/ does not count: a run that follows another finds that one's fresh output there.
         status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
-        dirty = bool(subprocess.run(status, capture_output=True, text=True, cwd=RESULTS.parents[1]).stdout.strip())
+        done = subprocess.run(status, capture_output=True, text=True, check=True, cwd=RESULTS.parents[1])
+        dirty = bool(done.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+        dirty = None
     return {
         "device": device.type,
         "device_name": device_name(device),
-        "torch": torch.__version__,
-        "triton": triton_version,
+        **versions(),
         "cuda": torch.version.cuda,
-        "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "commit": commit,
         "dirty_tree": dirty,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,

@@ -1,7 +1,7 @@
 // The schemas of every op (TORCH_LIBRARY). Each op is a pair rmix_fast::<op>_cpp / <op>_cpp_backward whose
 // schemas are the op's Python OpSpec.schema / backward_schema (rmix_fast/ops/<op>.py): Python attaches the
 // spec's fake kernels and autograd to these ops, so the strings must agree, which
-// tests/build/test_cpp_extension.py checks. The wrappers are in <op>.cpp, the kernels in cpu/ and cuda/.
+// tests/ops/test_op_contracts.py checks. The wrappers are in <op>.cpp, the kernels in cpu/ and cuda/.
 #include "common.h"
 
 #include <torch/library.h>
