@@ -12,7 +12,7 @@ import torch
 
 import rmix_fast
 from rmix_fast import BLEND, OWN, PARTNER, reference
-from tests.helpers.cases import BACKENDS, BLEND_TOL, DEVICE, make_case, make_regions
+from tests.helpers.cases import BACKENDS, DEVICE, assert_blend_equal, make_case, make_regions
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 GRIDS = [(1, 1), (3, 5), (4, 2), (12, 10)]  # 12 x 10 images: mixup, odd, non-square, one cell per pixel
@@ -32,9 +32,8 @@ def test_backend_matches_reference(backend, dtype, grid, x_layout):
     assert mixed.dtype == dtype and mixed.shape == case.x.shape
     if x_layout == "channels_last":
         assert mixed.is_contiguous(memory_format=torch.channels_last)
-    rtol, atol = BLEND_TOL[dtype]
-    torch.testing.assert_close(mixed, want, rtol=rtol, atol=atol)
-    torch.testing.assert_close(lam_eff, want_lam_eff, rtol=1e-6, atol=1e-7)
+    assert_blend_equal(backend, mixed, want)
+    assert torch.equal(lam_eff, want_lam_eff)
     # copied cells are bit-exact on every backend
     copied = reference.blend_regions._cells_to_pixels(regions != BLEND, 12, 10).expand_as(mixed)
     assert torch.equal(mixed[copied], want[copied])
@@ -102,8 +101,7 @@ def test_backward_matches_reference(backend, dtype, grid):
     grad_out = torch.randn_like(mixed)
     (got,) = torch.autograd.grad(mixed, x, grad_out)
     want = reference.blend_regions_backward(grad_out, regions, case.perm, case.lam)
-    rtol, atol = BLEND_TOL[dtype]
-    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+    assert_blend_equal(backend, got, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

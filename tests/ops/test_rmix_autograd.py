@@ -9,7 +9,7 @@ import torch
 
 import rmix_fast
 from rmix_fast import reference
-from tests.helpers.cases import BACKENDS, BLEND_TOL, DEVICE, as_tensor, layout, make_case
+from tests.helpers.cases import BACKENDS, DEVICE, as_tensor, assert_blend_equal, layout, make_case
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -25,8 +25,7 @@ def test_backward_matches_reference(backend, dtype, x_layout):
     mixed.backward(grad_out)
     lam = as_tensor(case.lam, 7, reference.accumulate_dtype(dtype), x.device)
     want = reference.rmix_backward(grad_out, mask, case.perm, lam)
-    rtol, atol = BLEND_TOL[dtype]
-    torch.testing.assert_close(x.grad, want, rtol=rtol, atol=atol)
+    assert_blend_equal(backend, x.grad, want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
