@@ -3,6 +3,9 @@
 Randomness is an input to the op: draw once here, then hand the same tensors to any backend, and
 the backends can be compared exactly. ``torch.distributions.Beta`` takes no generator, so Beta is
 sampled from two Gamma draws (Marsaglia-Tsang) that use only the generator given.
+
+The draws stay on the host until they are final, so reading one (the grid size, say) is a memory read,
+never a wait for the device; ``to_device`` then moves them without blocking the host.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RMixParams", "check_grids", "check_levels", "paper_levels", "sample_beta", "sample_rmix_params"]
+__all__ = [
+    "RMixParams",
+    "check_grids",
+    "check_levels",
+    "paper_levels",
+    "sample_beta",
+    "sample_rmix_params",
+    "to_device",
+]
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,22 @@ class RMixParams:
     lam: Tensor  # (B,) float32; one value repeated unless drawn per sample
     q: Tensor  # (B,) float32 percentile levels
     grid: int
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor (a draw) on ``device``, contiguous, without making the host wait for the device.
+
+    To CUDA the copy goes from pinned memory with ``non_blocking=True``: a plain ``.to()`` waits for the
+    copy to finish, and even a non-blocking copy from pageable memory synchronises the stream before it
+    starts. The pinned buffer comes from PyTorch's caching host allocator, which keeps it until the copy
+    has run. Elsewhere (the CPU) this is ``t.contiguous().to(device)``.
+    """
+    device = torch.device(device)
+    # contiguous first: a broadcast (stride-0) view cannot be written into the pinned copy
+    t = t.contiguous()
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def check_grids(grids: Sequence[int]) -> tuple[int, ...]:
@@ -95,20 +122,20 @@ def sample_rmix_params(
     grid uniformly from ``grids`` (one per batch), lam ~ Beta(alpha, alpha) (one per batch unless
     ``per_sample_lam``), q per sample uniformly from ``levels`` equally spaced values in [0, 0.99],
     perm a uniform random permutation. Draws happen on the CPU ``generator`` and are then moved to
-    ``device``, so a seed gives the same parameters on every device.
+    ``device`` (``to_device``: no host-device sync), so a seed gives the same parameters on every device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
     grids = check_grids(grids)
     space = paper_levels(levels)
-    grid = grids[int(torch.randint(len(grids), (1,), generator=generator))]
+    grid = grids[int(torch.randint(len(grids), (1,), generator=generator))]  # a CPU draw: no sync
     lam = sample_beta(alpha, batch_size if per_sample_lam else 1, generator)
     lam = lam.expand(batch_size) if not per_sample_lam else lam
     q = space[torch.randint(len(space), (batch_size,), generator=generator)]
     perm = torch.randperm(batch_size, generator=generator)
     return RMixParams(
-        perm=perm.to(device),
-        lam=lam.to(device=device, dtype=torch.float32).contiguous(),
-        q=q.to(device=device, dtype=torch.float32),
+        perm=to_device(perm, device),
+        lam=to_device(lam.to(torch.float32), device),
+        q=to_device(q.to(torch.float32), device),
         grid=grid,
     )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rmix_fast.ops import blend_regions, regions_from_mask
-from rmix_fast.sampling import sample_beta
+from rmix_fast.sampling import sample_beta, to_device
 
 __all__ = ["MixParams", "Mixer", "RegionMixer", "check_number", "soft_targets"]
 
@@ -49,18 +49,17 @@ class MixParams:
 
 def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
     """(B,) integer labels or (B, K) soft targets -> (B, K) float32 targets, smoothed towards uniform:
-    ``t * (1 - label_smoothing) + label_smoothing / K`` (for one-hot labels, timm's on/off values)."""
+    ``t * (1 - label_smoothing) + label_smoothing / K`` (for one-hot labels, timm's on/off values).
+
+    Labels outside [0, K) raise ``ValueError`` on the CPU; on a GPU they fail a device-side assert, which
+    surfaces at the next synchronising call: the check never reads the labels back, so a training step
+    does not wait for the device here."""
     if not isinstance(y, Tensor):
         raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
     if y.dim() == 1:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y of shape (B,) must hold integer class labels, got dtype {y.dtype}")
-        # Checked where it costs no device sync; on an accelerator the scatter below fails on a bad label
-        # as a device-side assert instead, so the training step never waits for the device here.
-        if y.device.type == "cpu" and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {num_classes - 1}], got values in [{int(y.min())}, {int(y.max())}]"
-            )
+        _assert_labels_in_range(y, num_classes)
         t = torch.zeros((y.shape[0], num_classes), dtype=torch.float32, device=y.device)
         t.scatter_(1, y.long().unsqueeze(1), 1.0)
     elif y.dim() == 2:
@@ -70,6 +69,19 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     else:
         raise ValueError(f"y must be (B,) labels or (B, {num_classes}) soft targets, got shape {tuple(y.shape)}")
     return t * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else t
+
+
+def _assert_labels_in_range(y: Tensor, num_classes: int) -> None:
+    """The range check as an assertion the labels' device evaluates: on the CPU it runs (and raises) at once,
+    on CUDA it is queued like any kernel. Devices without the assertion kernel rely on the scatter's own
+    bounds check."""
+    if y.device.type not in ("cpu", "cuda"):
+        return
+    message = f"labels must lie in [0, {num_classes - 1}]"
+    try:
+        torch._assert_async(((y >= 0) & (y < num_classes)).all(), message)
+    except RuntimeError:  # raised here only where the check ran on the host, so the read below is free
+        raise ValueError(f"{message}, got values in [{int(y.min())}, {int(y.max())}]") from None
 
 
 def check_number(name: str, value: object, lo: float, hi: float, *, open_lo: bool = False) -> float:
@@ -93,6 +105,10 @@ class Mixer(nn.Module):
         generator: CPU ``torch.Generator`` of every draw (None: the global RNG), so a seed gives the same
             draws on every device.
         backend: kernel backend of the op calls ("auto", "reference", "triton", "cpp").
+
+    A call never waits for the device: the draws are made on the CPU generator, read there, and copied to
+    the batch's device without blocking, and bad labels fail on the device (``soft_targets``). Nothing is
+    read back from the batch, its labels or the op's outputs.
 
     Subclasses implement ``mix``; a method that needs the input gradient sets ``needs_grad``.
     """
@@ -136,6 +152,7 @@ class Mixer(nn.Module):
         if self.needs_grad and grad is None:
             raise ValueError(f"{type(self).__name__} needs grad: pass rmix_fast.input_gradient(model, x, y)")
         targets = soft_targets(y, self.num_classes, self.label_smoothing).to(x.device)
+        # the draw is a CPU tensor: reading it is no sync
         if self.prob < 1.0 and float(torch.rand((), generator=self.generator)) >= self.prob:
             self.last_params = MixParams(applied=False)
             return x, targets
@@ -169,7 +186,8 @@ class RegionMixer(Mixer):
     lam, then the map (``draw_regions``), then the partners; the blend engine does the rest."""
 
     def draw_regions(self, lam: Tensor, height: int, width: int, device: torch.device) -> tuple[Tensor, dict[str, Any]]:
-        """(B, gh, gw) int8 codes on ``device`` for the (B,) ``lam``, and any further ``MixParams`` fields."""
+        """(B, gh, gw) int8 codes on ``device`` for the (B,) host ``lam``, and any further ``MixParams`` fields.
+        Draw on the host and move with ``rmix_fast.sampling.to_device``, so the step never waits for the device."""
         raise NotImplementedError
 
     def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
@@ -177,7 +195,7 @@ class RegionMixer(Mixer):
         lam = self.draw_lam(B)
         regions, extra = self.draw_regions(lam, H, W, x.device)
         perm = torch.randperm(B, generator=self.generator)
-        perm, lam = perm.to(x.device), lam.to(x.device)
+        perm, lam = to_device(perm, x.device), to_device(lam, x.device)
         # the draws are valid by construction: skip the content checks and their sync
         mixed, lam_eff = blend_regions(x, perm=perm, lam=lam, regions=regions, backend=self.backend, validate=False)
         return mixed, MixParams(True, perm, lam, lam_eff, regions=regions, **extra)

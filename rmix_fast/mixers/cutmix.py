@@ -10,6 +10,7 @@ from torch import Tensor
 
 from rmix_fast.mixers.base import RegionMixer
 from rmix_fast.ops import OWN, PARTNER
+from rmix_fast.sampling import to_device
 
 __all__ = ["CutMix"]
 
@@ -28,7 +29,8 @@ class CutMix(RegionMixer):
         cx = torch.randint(W, (n_boxes,), generator=self.generator)
         y0, y1 = (cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H)
         x0, x1 = (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)
-        box = torch.stack([y0, y1, x0, x1], dim=1).expand(B, 4)
+        edges = torch.stack([y0, y1, x0, x1], dim=1)  # (n_boxes, 4)
+        box = edges.expand(B, 4)
         # The coarsest code map whose cell edges include every box edge: fewer bytes than one code per pixel.
         # The boxes are drawn on the CPU, so reading their edges costs no device sync.
         step_h = math.gcd(H, *y0.tolist(), *y1.tolist())
@@ -38,4 +40,5 @@ class CutMix(RegionMixer):
         inside = (rows >= box[:, 0, None, None]) & (rows < box[:, 1, None, None])
         inside = inside & (cols >= box[:, 2, None, None]) & (cols < box[:, 3, None, None])
         regions = torch.where(inside, PARTNER, OWN).to(torch.int8)
-        return regions.to(device), {"box": box.to(device)}
+        # only the boxes drawn travel; the device broadcasts them to the batch
+        return to_device(regions, device), {"box": to_device(edges, device).expand(B, 4)}

@@ -55,15 +55,20 @@ def iterate_batches(
     if isinstance(images, Tensor):
         labels = dataset.labels
         for idx in batches:
-            yield (
-                images[idx].to(device, non_blocking=non_blocking),
-                labels[idx].to(device, non_blocking=non_blocking),
-                idx,
-            )
+            yield _gather(images, idx, device), _gather(labels, idx, device), idx
         return
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=non_blocking)
     for x, y, idx in loader:
         yield x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking), idx
+
+
+def _gather(t: Tensor, idx: Tensor, device: torch.device) -> Tensor:
+    """``t[idx]`` on ``device``. To CUDA the rows are gathered straight into pinned memory and copied without
+    blocking: a copy from pageable memory would synchronise the stream first."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t[idx].to(device)
+    pinned = torch.empty((idx.shape[0], *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, idx, out=pinned).to(device, non_blocking=True)
 
 
 def to_pixels(

@@ -220,7 +220,10 @@ class Trainer:
         augment_gen = seeded(a.seed, epoch, env.rank, AUGMENT)
         if self.mixer is not None:
             self.mixer.generator = seeded(a.seed, epoch, env.rank, MIX)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * B, correct, B
+        # Device sums of loss * B and correct labels; the image count is known on the host. Only the bar and
+        # the epoch's end read the sums back, so a step never waits for the device.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        seen = 0
         bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{a.epochs}", enabled=env.is_main and a.progress)
         start = time.perf_counter()
         stream = iterate_batches(self.train_set, batches, device=self.device, workers=a.workers)
@@ -234,18 +237,20 @@ class Trainer:
             loss, correct, x_mix, grad = self.step(x, yb)
             if epoch == 0 and step == 0 and env.is_main:
                 self._keep_sample(x, yb, x_mix, grad)
-            sums += torch.stack([loss.double() * yb.shape[0], correct.double(), sums.new_tensor(yb.shape[0])])
+            sums += torch.stack([loss.double() * yb.shape[0], correct.double()])
+            seen += yb.shape[0]
             if bar.due(step + 1):  # reading the sums waits for the device: only when the bar draws
-                seen = float(sums[2])
-                loss_avg, acc = float(sums[0]) / seen, 100 * float(sums[1]) / seen
-                bar.update(step + 1, int(seen) * env.world_size, loss=loss_avg, acc=acc)
+                loss_sum, correct_sum = sums.tolist()
+                bar.update(step + 1, seen * env.world_size, loss=loss_sum / seen, acc=100 * correct_sum / seen)
         bar.close()
-        env.all_reduce_sum(sums)
+        totals = torch.cat([sums, sums.new_full((1,), seen)])  # loss * B, correct, B (a fill: no copy)
+        env.all_reduce_sum(totals)
+        loss_sum, correct_sum, count = totals.tolist()
         seconds = time.perf_counter() - start
         return {
-            "train_loss": float(sums[0] / sums[2]),
-            "train_top1": float(100 * sums[1] / sums[2]),
-            "images_per_s": float(sums[2]) / seconds,
+            "train_loss": loss_sum / count,
+            "train_top1": 100 * correct_sum / count,
+            "images_per_s": count / seconds,
             "seconds": seconds,
         }
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rmix_fast
-from rmix_fast.sampling import paper_levels, sample_beta
+from rmix_fast.sampling import paper_levels, sample_beta, to_device
 
 
 def test_same_seed_same_draw_and_valid_values():
@@ -43,3 +43,27 @@ def test_per_sample_lam_and_validation():
         rmix_fast.sample_rmix_params(4, grids=())
     with pytest.raises(ValueError, match="batch_size"):
         rmix_fast.sample_rmix_params(-1)
+
+
+def test_to_device_gives_a_contiguous_copy_of_the_values():
+    lam = torch.rand(1).expand(5)
+    moved = to_device(lam, "cpu")
+    assert moved.is_contiguous() and torch.equal(moved, lam)
+    p = rmix_fast.sample_rmix_params(6, generator=torch.Generator().manual_seed(0))
+    assert p.lam.is_contiguous() and p.lam.dtype == torch.float32 and p.q.dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_to_device_does_not_block_on_cuda():
+    draws = [torch.randperm(7), torch.rand(1).expand(7), torch.rand(3, 4, 4).to(torch.int8)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        moved = [to_device(t, "cuda") for t in draws]
+        p = rmix_fast.sample_rmix_params(7, generator=torch.Generator().manual_seed(0), device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for t, m in zip(draws, moved, strict=True):
+        assert m.is_cuda and m.is_contiguous() and torch.equal(m.cpu(), t)
+    q = rmix_fast.sample_rmix_params(7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(p.perm.cpu(), q.perm) and torch.equal(p.lam.cpu(), q.lam) and p.grid == q.grid

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from rmix_fast.sampling import to_device
+
 __all__ = ["center_crop_resize", "crop_flip", "random_resized_crop"]
 
 Size = int | tuple[int, int]
@@ -61,8 +63,9 @@ def crop_flip(x: Tensor, *, padding: int = 4, generator: torch.Generator | None 
     Wp = padded.shape[3]
     # Two gathers (rows, then columns) with broadcast (stride-0) indices: ~2x faster on CPU than one
     # advanced-indexing gather of all three index dims.
-    picked_rows = padded.gather(2, rows.to(dev).view(B, 1, H, 1).expand(B, C, H, Wp))
-    out = picked_rows.gather(3, cols.to(dev).view(B, 1, 1, W).expand(B, C, H, W))
+    # the indices go over without blocking: the step never waits for the device here
+    picked_rows = padded.gather(2, to_device(rows, dev).view(B, 1, H, 1).expand(B, C, H, Wp))
+    out = picked_rows.gather(3, to_device(cols, dev).view(B, 1, 1, W).expand(B, C, H, W))
     if out.stride() != x.stride():  # e.g. channels_last input: hand back the caller's layout
         out = torch.empty_like(x).copy_(out)
     return out

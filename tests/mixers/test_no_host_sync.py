@@ -1,0 +1,158 @@
+"""A whole mixer step (``input_gradient``, the mixer call, the loss and its backward) never waits for the
+device: no device value is read back on the host and no copy blocks.
+
+On the CPU, ``HostReadProbe`` (``helpers/sync_probe.py``) stands in for the GPU: it fails on
+``aten._local_scalar_dense`` / ``is_nonzero`` / ``equal`` (and ``tolist`` / ``numpy`` / ``cpu``) of any value
+that would live on the accelerator, i.e. anything computed from the batch, the labels or the weights.
+Reads of the mixer's own CPU generator draws are host memory reads and are allowed: the library draws on
+the CPU on purpose, so a seed gives the same draws on every device. On a GPU the same step runs under
+``torch.cuda.set_sync_debug_mode("error")``, which also catches blocking host-to-device copies.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rmix_fast
+from rmix_fast.losses import SoftTargetCrossEntropy
+from tests.helpers.sync_probe import HostReadError, HostReadProbe
+from tests.helpers.toy_task import ToyCNN
+
+K = 4  # ToyCNN's classes
+MIXERS = (rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.RMix)
+CPU_BACKENDS = [
+    name
+    for name, info in rmix_fast.available_backends("cpu").items()
+    # The Triton interpreter emulates the GPU by reading its tensors on the host; compiled Triton is
+    # covered by the GPU test.
+    if info.available and name != "triton"
+]
+OPTIONS = {
+    "defaults": {},
+    "prob": {"prob": 0.5},
+    "per_sample_lam": {"per_sample_lam": True},
+    "smoothing": {"label_smoothing": 0.1},
+}
+
+
+def _setup(cls, device, backend: str = "auto", seed: int = 0, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    model = ToyCNN(K).to(device)
+    x = torch.rand(6, 3, 16, 16, generator=g).to(device)
+    y = torch.randint(K, (6,), generator=g).to(device)
+    mixer = cls(K, generator=torch.Generator().manual_seed(seed), backend=backend, **kwargs)
+    return model, mixer, x, y
+
+
+def _step(model, mixer, x, y):
+    """One training step of a mixer, as ``rmix-train`` runs it (without the optimizer)."""
+    grad = rmix_fast.input_gradient(model, x, y)
+    x_mix, y_soft = mixer(x, y, grad)
+    loss = SoftTargetCrossEntropy()(model(x_mix), y_soft)
+    loss.backward()
+    return loss
+
+
+def _report(probe: HostReadProbe) -> str:
+    return f"{len(probe.reads)} host read(s) of device values:\n" + "\n".join(map(str, probe.reads))
+
+
+# every backend with the defaults, the other options on "auto"
+CASES = [("defaults", b) for b in CPU_BACKENDS] + [(o, "auto") for o in OPTIONS if o != "defaults"]
+
+
+@pytest.mark.parametrize(("option", "backend"), CASES, ids=[f"{o}-{b}" for o, b in CASES])
+@pytest.mark.parametrize("cls", MIXERS, ids=lambda c: c.__name__)
+def test_a_mixer_step_reads_nothing_back(cls, option, backend):
+    model, mixer, x, y = _setup(cls, "cpu", backend, **OPTIONS[option])
+    applied = set()
+    for i in range(4):  # several batches: prob < 1 passes some through, R-Mix draws either grid
+        with HostReadProbe() as probe:
+            _step(model, mixer, x, y)
+        assert not probe.reads, f"batch {i}: {_report(probe)}"
+        applied.add(mixer.last_params.applied)
+    assert applied == ({True, False} if option == "prob" else {True})
+
+
+@pytest.mark.parametrize("cls", MIXERS, ids=lambda c: c.__name__)
+def test_soft_target_input_reads_nothing_back(cls):
+    model, mixer, x, _ = _setup(cls, "cpu")
+    y_soft = torch.softmax(torch.randn(6, K), dim=1)
+    with HostReadProbe() as probe:
+        grad = rmix_fast.input_gradient(model, x, y_soft)
+        x_mix, t = mixer(x, y_soft, grad)
+        SoftTargetCrossEntropy()(model(x_mix), t).backward()
+    assert not probe.reads, _report(probe)
+
+
+@pytest.mark.parametrize("offset", [K, -1 - K], ids=["too_high", "negative"])
+def test_bad_labels_still_raise_on_the_cpu(offset):
+    """The range check moved onto the labels' device; on the CPU it still raises a ValueError that says
+    which values were found, and a CUDA label fails a device-side assert instead of a read-back."""
+    y = torch.tensor([0, 1, 2, 3]) + torch.tensor([0, 0, offset, 0])
+    lo, hi = int(y.min()), int(y.max())
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, {K - 1}\], got values in \[{lo}, {hi}\]"):
+        rmix_fast.soft_targets(y, K)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        rmix_fast.Mixup(K)(torch.rand(4, 3, 8, 8), y)
+
+
+def test_the_probe_sees_planted_reads():
+    model, mixer, x, y = _setup(rmix_fast.RMix, "cpu")
+    loss = _step(model, mixer, x, y)
+    with HostReadProbe() as probe:
+        int(y[0])  # _local_scalar_dense
+        bool(loss > 0)  # _local_scalar_dense through is_nonzero's decomposition
+        torch.equal(x, x)  # equal
+        float(mixer.last_params.lam_eff[0])  # the op's output is a device value too
+        y.tolist()
+        x.cpu()
+        torch.is_nonzero(y[:1])
+    ops = [r.op for r in probe.reads]
+    assert ops == [
+        "aten._local_scalar_dense",
+        "aten._local_scalar_dense",
+        "aten.equal",
+        "aten._local_scalar_dense",
+        "Tensor.tolist",
+        "Tensor.cpu",
+        "aten._local_scalar_dense",
+    ], ops
+    assert "test_no_host_sync.py" in probe.reads[0].where[0]
+
+
+def test_the_probe_allows_host_draws_and_follows_writes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3)
+    with HostReadProbe(raise_on_read=True):
+        draw = torch.randint(5, (3,), generator=g)
+        int(draw[0]), float(torch.rand((), generator=g)), draw.tolist()  # host draws: free to read
+        int(torch.tensor([1, 2])[1])  # a constant from Python data
+        buf = torch.zeros(3)
+        view = buf[:2]
+        buf.add_(x)  # a device value written into a host buffer
+        with pytest.raises(HostReadError, match="_local_scalar_dense"):
+            float(view[0])
+    # the method wrappers are gone afterwards
+    assert "tolist" not in torch.Tensor.__dict__ and "cpu" not in torch.Tensor.__dict__
+    assert x.tolist() == x.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("cls", MIXERS, ids=lambda c: c.__name__)
+def test_a_mixer_step_does_not_sync_on_cuda(cls, option):
+    backends = [n for n, info in rmix_fast.available_backends("cuda").items() if info.available]
+    for backend in backends:
+        model, mixer, x, y = _setup(cls, "cuda", backend, **OPTIONS[option])
+        for _ in range(8):  # first calls compile and tune kernels (R-Mix: for either grid), which may synchronise
+            _step(model, mixer, x, y)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(4):
+                _step(model, mixer, x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
