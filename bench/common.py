@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -166,7 +167,8 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device, command: str) -> dict[str, Any]:
-    """Device, versions and commit of this run (the versions and commit as rmix-train records them)."""
+    """Device, versions and commit of this run (the versions and commit as rmix-train records them; without a git
+    checkout, the commit named by ``RMIX_FAST_COMMIT``)."""
     try:
         # bench/results/ does not count: a run that follows another finds that one's fresh output there.
         status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"]
@@ -174,10 +176,13 @@ def environment(device: torch.device, command: str) -> dict[str, Any]:
         dirty = bool(done.stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         dirty = None
+    found = versions()
+    # A lent GPU machine gets a copy of the working tree without .git: the caller names the commit there.
+    found["commit"] = found["commit"] or os.environ.get("RMIX_FAST_COMMIT")
     return {
         "device": device.type,
         "device_name": device_name(device),
-        **versions(),
+        **found,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
         "dirty_tree": dirty,

@@ -1,6 +1,6 @@
 """Markdown tables of recorded runs, for bench/README.md: one table per op benchmark run (``bench_rmix.py``,
-``bench_blend_regions.py``) with its goals, and the step table with the half-resolution mask agreement
-(``bench_step.py``).
+``bench_blend_regions.py``) with its goals, the step table with the half-resolution mask agreement
+(``bench_step.py``), and the probes of ``gpu_checks.py`` with their failed checks.
 
     python bench/report.py bench/results/rmix-<device>-<date>.json bench/results/blend_regions-<...>.json \\
         bench/results/step-<device>-<date>.json
@@ -126,14 +126,51 @@ def step_table(run: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _check_details(check: dict[str, Any]) -> str:
+    """A failed check in a few words: per output, the elements that differ and by how much; or its error."""
+    parts = []
+    for key, value in check.items():
+        if key in ("case", "ok"):
+            continue
+        if isinstance(value, dict) and value.get("bit_equal") is False:
+            diff = f", max {value['max_abs_diff']:.3g}" if "max_abs_diff" in value else ""
+            parts.append(f"{key}: {value.get('n_diff', '?')} differ{diff}")
+        elif isinstance(value, dict) and "error" in value:
+            parts.append(f"{key}: {value['error']}")
+        elif key in ("error", "synced", "cells_not_top", "batches_after_the_first_that_compiled") and value:
+            parts.append(f"{key}: {json.dumps(value)[:300]}")
+    return "; ".join(parts) or "see the JSON"
+
+
+def checks_table(run: dict[str, Any]) -> str:
+    """``gpu_checks.py``: one row per probe (status, seconds, summary), then the failed checks."""
+    lines = ["| probe | status | s | summary |", "|---|---|---|---|"]
+    failed = []
+    for probe in run["probes"]:
+        status = probe["status"] if probe["status"] in ("passed", "skipped") else f"**{probe['status']}**"
+        summary = probe["summary"].replace("|", "/")
+        lines.append(f"| {probe['name']} | {status} | {probe['seconds']:.1f} | {summary} |")
+        failed += [(probe["name"], c) for c in probe["details"].get("checks", []) if not c["ok"]]
+    small = " Small sizes (`--small`): a self-test of the probes, not a GPU result." if run.get("small") else ""
+    out = [_header(run) + small, "", "\n".join(lines)]
+    if failed:
+        out += ["", "Failed checks:", ""]
+        out += [f"- {name}: {c['case']}: {_check_details(c)}" for name, c in failed[:40]]
+        if len(failed) > 40:
+            out.append(f"- ... and {len(failed) - 40} more (the JSON has them all)")
+    return "\n".join(out)
+
+
 def render(run: dict[str, Any]) -> str:
+    if run.get("bench") == "gpu_checks":
+        return checks_table(run)
     return step_table(run) if "mask_agreement" in run else op_table(run)
 
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", nargs="+", type=Path,
-                    help="JSON files written by bench_rmix.py / bench_blend_regions.py / bench_step.py")  # fmt: skip
+    what = "JSON files of bench_rmix.py / bench_blend_regions.py / bench_step.py / gpu_checks.py"
+    ap.add_argument("results", nargs="+", type=Path, help=what)
     args = ap.parse_args(argv)
     text = "\n\n".join(render(json.loads(path.read_text())) for path in args.results)
     print(text)
