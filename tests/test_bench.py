@@ -382,13 +382,6 @@ def test_gpu_session_names_files_that_exist():
 
 # ----------------------------------------------------------------------------- the prepared GPU checks
 
-# Failures the probes found in the kernels as they are, by probe and backend: reported as xfail while they last
-# (the test passes once they are fixed; then drop the entry). Any other failed check fails the test.
-KNOWN_GPU_CHECK_FAILURES = {
-    ("param_views", "triton"): "the Triton kernels read lam, q and perm as contiguous: a 0-d, expanded or strided "
-    "view mixes with the wrong weights (issue 14)",
-}
-
 
 def run_gpu_checks(tmp_path: Path, probes: list[str], *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     """bench/gpu_checks.py in its CPU self-test mode (small sizes, Triton interpreted), as a child process."""
@@ -402,8 +395,8 @@ def run_gpu_checks(tmp_path: Path, probes: list[str], *extra: str) -> tuple[subp
 
 
 def check_gpu_checks_run(done: subprocess.CompletedProcess, run: dict, probes: list[str]) -> None:
-    """The JSON's structure, one printed line per probe, every check passed on every CPU backend (but the known
-    failures: then xfail), the report renders it."""
+    """The JSON's structure, one printed line per probe, every check passed on every CPU backend, the report
+    renders it."""
     assert run["bench"] == "gpu_checks" and run["complete"] is True and run["small"] is True
     for key in ("device", "device_name", "torch", "triton", "commit", "command", "date", "backends", "seconds"):
         assert run[key] is not None, key
@@ -412,7 +405,6 @@ def check_gpu_checks_run(done: subprocess.CompletedProcess, run: dict, probes: l
     assert sorted(line.split()[1].rstrip(":") for line in lines) == sorted(probes)
     backends = [n for n, i in rmix_fast.available_backends(CPU).items() if i.available]
     assert "triton" in backends  # interpreted: conftest set TRITON_INTERPRET=1 before rmix_fast was imported
-    known = []
     for probe in run["probes"]:
         name, details = probe["name"], probe["details"]
         assert probe["status"] in ("passed", "failed", "error", "skipped") and probe["summary"], probe
@@ -425,17 +417,13 @@ def check_gpu_checks_run(done: subprocess.CompletedProcess, run: dict, probes: l
             assert covered >= set(backends) - {"reference"}, covered
         for c in details["checks"]:
             assert isinstance(c["ok"], bool) and c["case"]
-        failed = {(name, c["case"].split()[0]) for c in details["checks"] if not c["ok"]}
-        assert failed <= set(KNOWN_GPU_CHECK_FAILURES), [c for c in details["checks"] if not c["ok"]]
-        known += sorted(failed)
-        assert probe["status"] == ("failed" if failed else "passed"), probe["summary"]
+        assert [c for c in details["checks"] if not c["ok"]] == []
+        assert probe["status"] == "passed", probe["summary"]
         # under the interpreter only: bfloat16 rounding differs from a GPU's, so bit-exactness is not asked there
         assert all(s["case"].startswith("triton") and "bfloat16" in s["case"] for s in details["skipped"])
-    assert done.returncode == (1 if known else 0), done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     table = report.render(run)
     assert all(f"| {p} |" in table for p in probes)
-    if known:
-        pytest.xfail("; ".join(f"{p} on {b}: {KNOWN_GPU_CHECK_FAILURES[(p, b)]}" for p, b in known))
 
 
 def test_gpu_checks_self_test_on_the_cpu(tmp_path):
