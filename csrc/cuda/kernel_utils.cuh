@@ -33,6 +33,14 @@ inline int64_t element_blocks(int64_t total) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(total, kElementThreads), kMaxElementBlocks));
 }
 
+// The partner of sample b. A perm that is no permutation gets here only with validate=False; an entry outside
+// [0, B) then stands for the sample itself rather than reading out of bounds (a device-side error would cost a
+// sync).
+__device__ __forceinline__ int64_t partner_index(const int64_t* perm, int64_t b, int64_t batch) {
+  const int64_t p = perm[b];
+  return p >= 0 && p < batch ? p : b;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Correctly rounded arithmetic without contraction: nvcc would otherwise fuse a*b+c into an FMA,
 // while the reference rounds every operation.

@@ -192,10 +192,11 @@ __global__ void __launch_bounds__(kThresholdMaxThreads)
 __global__ void __launch_bounds__(kElementThreads)
     regions_kernel(const bool* __restrict__ mask, const int64_t* __restrict__ perm, uint8_t* __restrict__ regions,
                    int64_t n, int64_t total) {
+  const int64_t batch = total / n;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const int64_t b = idx / n;
-    regions[idx] = region_of(mask[idx], mask[perm[b] * n + (idx - b * n)]);
+    regions[idx] = region_of(mask[idx], mask[partner_index(perm, b, batch) * n + (idx - b * n)]);
   }
 }
 

@@ -1,14 +1,19 @@
 """Compiles every CUDA source of the compiled ops (the ``.cu`` files of ``csrc/sources.txt``) for sm_90 (H100)
-with nvcc, against the installed torch's headers, as torch's cpp_extension would build them.
+with nvcc, against the installed torch's headers, as torch's cpp_extension would build them, and reads the
+blend kernels' PTX for what makes them fast and exact by construction: 128-bit loads and stores on the vector
+path, no fused multiply-add, no hardware integer division.
 
 Needs no GPU (and works with a CPU build of torch, whose include directory still ships the ATen/c10 CUDA
-headers): it checks that the sources compile, not what they compute. Skipped only when ``nvcc`` is not on PATH.
+headers): it checks what the sources compile to, not what they compute. Skipped only when ``nvcc`` is not on
+PATH. Each source is compiled once (``--keep`` leaves its PTX next to the object).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,6 +55,50 @@ def _nvcc_command(nvcc: str, source: Path, obj: Path) -> list[str]:
     return [nvcc, *flags, *includes, "-c", str(source), "-o", str(obj)]
 
 
+@dataclass(frozen=True)
+class Build:
+    returncode: int
+    stdout: str
+    stderr: str
+    obj: Path
+    ptx: Path
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """build(source) -> its Build. The first call starts nvcc on every source at once (they compile in
+    parallel); each source is compiled once per module, its PTX kept (``--keep``) for the PTX tests."""
+    nvcc = shutil.which("nvcc")
+    running: dict[str, tuple[subprocess.Popen, Path]] = {}
+    builds: dict[str, Build] = {}
+
+    def start_all() -> None:
+        for source in CUDA_SOURCES:
+            path = ROOT / source
+            out = tmp_path_factory.mktemp(path.stem)
+            command = [*_nvcc_command(nvcc, path, out / (path.stem + ".o")), "--keep", "--keep-dir", str(out)]
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            running[source] = (proc, out)
+
+    def compile_source(source: str) -> Build:
+        if nvcc is None:
+            pytest.skip(f"nvcc is not on PATH: cannot compile {source}")
+        if not running:
+            start_all()
+        if source not in builds:
+            proc, out = running[source]
+            stdout, stderr = proc.communicate(timeout=600)
+            stem = Path(source).stem
+            builds[source] = Build(proc.returncode, stdout, stderr, out / (stem + ".o"), out / (stem + ".ptx"))
+        return builds[source]
+
+    yield compile_source
+    for proc, _ in running.values():
+        if proc.poll() is None:  # a test failed before waiting for it
+            proc.kill()
+            proc.wait()
+
+
 def test_sources_list_cuda_files():
     assert CUDA_SOURCES, "csrc/sources.txt lists no .cu file"
     for source in CUDA_SOURCES:
@@ -57,15 +106,81 @@ def test_sources_list_cuda_files():
 
 
 @pytest.mark.parametrize("source", CUDA_SOURCES)
-def test_cuda_source_compiles_for_sm90(source, tmp_path):
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip(f"nvcc is not on PATH: cannot compile {source}")
-    path = ROOT / source
-    obj = tmp_path / (path.stem + ".o")
-    run = subprocess.run(_nvcc_command(nvcc, path, obj), capture_output=True, text=True, timeout=300)
+def test_cuda_source_compiles_for_sm90(source, build):
+    run = build(source)
     assert run.returncode == 0, f"nvcc failed ({run.returncode}):\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
-    assert obj.is_file() and obj.stat().st_size > 0, "nvcc reported success but wrote no object file"
+    assert run.obj.is_file() and run.obj.stat().st_size > 0, "nvcc reported success but wrote no object file"
     # torch's own headers may warn; ours (the source and the csrc/ headers it includes) must not
     ours = [line for line in run.stderr.splitlines() if str(CSRC) in line and "warning" in line.lower()]
     assert not ours, "nvcc warns about csrc/:\n" + "\n".join(ours)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The blend's PTX. Kernel entries are read by their mangled names: <kernel>I<scalar_t><acc_t><index>E, with
+# index j (uint32_t, the 32-bit path) or m (uint64_t).
+BLEND_SOURCE = "csrc/cuda/blend_regions_kernel.cu"
+BLEND_KERNELS = ("blend_vector_kernel", "blend_strided_kernel", "blend_backward_vector_kernel",
+                 "blend_backward_strided_kernel")  # fmt: skip
+DTYPES = {"f": "float32", "d": "float64", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
+INDEX = {"j": "32-bit", "m": "64-bit"}
+_ENTRY = re.compile(r"^(?:\.visible\s+|\.weak\s+)?\.entry\s+(\S+?)\(", re.M)
+_KERNEL_NAMES, _DTYPE_CODES = "|".join(BLEND_KERNELS), "|".join(map(re.escape, DTYPES))
+_NAME = re.compile(rf"\d({_KERNEL_NAMES})I({_DTYPE_CODES})[fd]([jm])E")
+
+# a 16-byte global access: four 32-bit or two 64-bit lanes (ld.global.nc.v4.f32, ld.global.v4.u32, ...)
+VECTOR_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*\.(?:v4\.[bfsu]32|v2\.[bfsu]64)\b")
+VECTOR_STORE = re.compile(r"\bst\.global(?:\.\w+)*?\.(?:v4\.[bfsu]32|v2\.[bfsu]64)\b")
+ANY_STORE = re.compile(r"\bst\.global\.\S+")
+FMA = re.compile(r"\bfma\.")
+UNROUNDED = re.compile(r"\b(?:add|sub|mul)\.f(?:32|64)\b")  # ptxas may contract these into an FMA; .rn never
+INT_DIVISION = re.compile(r"\b(?:div|rem)\.[su](?:32|64)\b")
+
+
+def _blend_entries(ptx: str) -> dict[tuple[str, str, str], str]:
+    """(kernel, dtype, index width) -> PTX body of every blend kernel instantiation."""
+    starts = [(m.start(), m.group(1)) for m in _ENTRY.finditer(ptx)]
+    entries = {}
+    for (start, name), (end, _) in zip(starts, [*starts[1:], (len(ptx), "")], strict=True):
+        m = _NAME.search(name)
+        if m:
+            entries[(m.group(1), DTYPES[m.group(2)], INDEX[m.group(3)])] = ptx[start:end]
+    return entries
+
+
+@pytest.fixture(scope="module")
+def blend_ptx(build) -> dict[tuple[str, str, str], str]:
+    compiled = build(BLEND_SOURCE)
+    if compiled.returncode != 0:
+        pytest.fail(f"{BLEND_SOURCE} does not compile (see test_cuda_source_compiles_for_sm90)")
+    entries = _blend_entries(compiled.ptx.read_text())
+    expected = {(k, d, i) for k in BLEND_KERNELS for d in DTYPES.values() for i in INDEX.values()}
+    assert set(entries) == expected, f"blend kernel instantiations differ: {sorted(set(entries) ^ expected)}"
+    return entries
+
+
+def test_blend_vector_path_moves_16_byte_vectors(blend_ptx):
+    """Dense NCHW / channels_last: every element reaches memory through 128-bit loads and stores only."""
+    for (kernel, dtype, index), body in blend_ptx.items():
+        if "vector" not in kernel:
+            continue
+        where = f"{kernel} ({dtype}, {index} indices)"
+        loads = VECTOR_LOAD.findall(body)
+        assert len(loads) >= 2, f"{where}: expected 128-bit loads of both sources, found {loads}"
+        stores = ANY_STORE.findall(body)
+        assert stores and all(VECTOR_STORE.match(s) for s in stores), f"{where}: stores other than 128-bit: {stores}"
+
+
+def test_blend_rounds_every_operation(blend_ptx):
+    """Blends and gradients round each add and multiply as the reference does: no FMA, and no unrounded float
+    op that ptxas could contract into one."""
+    for (kernel, dtype, index), body in blend_ptx.items():
+        where = f"{kernel} ({dtype}, {index} indices)"
+        assert not FMA.search(body), f"{where}: fused multiply-add in the PTX"
+        assert not UNROUNDED.findall(body), f"{where}: float ops without .rn: {set(UNROUNDED.findall(body))}"
+
+
+def test_blend_indexes_without_hardware_division(blend_ptx):
+    """Element -> cell and tile -> sample go through the magic-number Divider, on both index widths."""
+    for (kernel, dtype, index), body in blend_ptx.items():
+        found = INT_DIVISION.findall(body)
+        assert not found, f"{kernel} ({dtype}, {index} indices): integer division in the PTX: {found}"
