@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SoftTargetBCEWithLogits", "SoftTargetCrossEntropy"]
+__all__ = ["LOSSES", "SoftTargetBCEWithLogits", "SoftTargetCrossEntropy", "SoftmaxBCE"]
 
 
 def _check(logits: Tensor, target: Tensor) -> None:
@@ -55,3 +55,22 @@ class SoftTargetBCEWithLogits(nn.Module):
             logits.float(), target.float(), pos_weight=self.pos_weight, reduction="none"
         )
         return loss.mean() if self.reduction == "mean" else loss.sum(dim=-1).mean()
+
+
+class SoftmaxBCE(nn.Module):
+    """Binary cross-entropy of the softmax probabilities against soft targets, averaged over the B·K
+    elements: ``BCELoss()(softmax(logits), target)``, the loss PuzzleMix, Co-Mixup and SAGE train their
+    CIFAR protocol with (Mixup, CutMix and Manifold Mixup baselines included). Unlike
+    ``SoftTargetBCEWithLogits`` the classes share one softmax. Computed in float32 outside autocast (BCE on
+    probabilities is not autocast-safe); each log is clamped at -100 as ``BCELoss`` does.
+    """
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        _check(logits, target)
+        with torch.autocast(logits.device.type, enabled=False):
+            probs = torch.softmax(logits.float(), dim=-1)
+            return F.binary_cross_entropy(probs, target.float())
+
+
+# The losses rmix-train offers, by name (``--loss``).
+LOSSES: dict[str, type[nn.Module]] = {"soft_ce": SoftTargetCrossEntropy, "softmax_bce": SoftmaxBCE}

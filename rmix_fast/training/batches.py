@@ -72,10 +72,15 @@ def _gather(t: Tensor, idx: Tensor, device: torch.device) -> Tensor:
 
 
 def to_pixels(
-    x: Tensor, *, augment: bool, generator: torch.Generator | None = None, channels_last: bool = False
+    x: Tensor,
+    *,
+    augment: bool,
+    padding: int = 4,
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
 ) -> Tensor:
-    """uint8 (B, C, H, W) -> float32 in [0, 1], after random crop (padding 4) and flip if ``augment``."""
+    """uint8 (B, C, H, W) -> float32 in [0, 1], after random crop (zero ``padding``) and flip if ``augment``."""
     if augment:
-        x = crop_flip(x, padding=4, generator=generator)
+        x = crop_flip(x, padding=padding, generator=generator)
     x = x.float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rmix_fast.losses import SoftTargetCrossEntropy
+from rmix_fast.losses import LOSSES
 from rmix_fast.mixers import Mixer, soft_targets
 from rmix_fast.saliency import input_gradient
 from rmix_fast.training.batches import epoch_batches, iterate_batches, to_pixels
@@ -89,7 +89,7 @@ class Trainer:
         self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
         if self.mixer is not None:
             self.mixer.to(self.device)
-        self.criterion = SoftTargetCrossEntropy()
+        self.criterion = LOSSES[args.loss]()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.last_lr = args.lr
@@ -231,6 +231,7 @@ class Trainer:
             x = to_pixels(
                 xb,
                 augment=self.train_set.train_augment == "crop_flip",
+                padding=a.crop_padding,
                 generator=augment_gen,
                 channels_last=a.channels_last,
             )

@@ -40,3 +40,29 @@ def test_losses_under_bf16_autocast_are_float32():
     soft = F.softmax(torch.randn(6, K), dim=1)
     assert rmix_fast.SoftTargetCrossEntropy()(logits, soft).dtype == torch.float32
     assert rmix_fast.SoftTargetBCEWithLogits()(logits, soft).dtype == torch.float32
+
+
+def test_softmax_bce_is_bce_on_softmax_probabilities_over_b_times_k():
+    from rmix_fast.losses import SoftmaxBCE
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    target = torch.softmax(torch.randn(5, 7, generator=g, dtype=torch.float64), dim=1)
+    p = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+    by_hand = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).sum() / (5 * 7)
+    got = SoftmaxBCE()(logits, target)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), by_hand, rtol=1e-5, atol=1e-6)
+    # the reference implementation the baselines' code uses
+    torch.testing.assert_close(got, torch.nn.BCELoss()(torch.softmax(logits.float(), 1), target.float()))
+
+
+def test_softmax_bce_under_autocast_and_its_gradient():
+    from rmix_fast.losses import SoftmaxBCE
+
+    logits = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    target = torch.eye(3)[[0, 1, 2, 0]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = SoftmaxBCE()(logits, target)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(logits.grad.float()).all()
