@@ -135,7 +135,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     if args.lr is None:
         args.lr = 0.3 if args.scheduler == "onecycle" else 0.1
     if args.scheduler == "multistep" and args.milestones is None:
-        args.milestones = [args.epochs // 3, 2 * args.epochs // 3]
+        args.milestones = [max(1, args.epochs // 3), max(1, 2 * args.epochs // 3)]
     if args.out is None:
         args.out = f"runs/{args.dataset}-{args.model}-{args.method}-s{args.seed}"
 
