@@ -29,6 +29,10 @@ def test_demo_compares_methods_and_writes_pictures(tmp_path: Path, capsys: pytes
         for png in ("curves.png", "reliability.png", "mixed_samples.png"):
             assert (out / method / png).is_file()
     assert (out / "comparison.png").stat().st_size > 1000
+    speed = json.loads((out / "results.json").read_text())["speed"]
+    assert [r["shape"] for r in speed] == ["100x3x32x32", "32x3x224x224"]
+    for r in speed:  # the speed table prints the measured rows
+        assert re.search(rf"{r['shape']}\s+\w+\s+{r['rmix_fast_ms']:.2f}\s+{r['paper_ms']:.1f}", printed)
 
 
 def test_demo_rejects_bad_budgets(capsys: pytest.CaptureFixture[str]) -> None:
