@@ -10,6 +10,8 @@ Everything goes through :func:`build_dataset`, which returns a :class:`VisionDat
   already augments per sample (train split) and the caller does nothing.
 * In-memory datasets (shapes, CIFAR) also have ``images`` (N, C, H, W) uint8, for batching by indexing
   without a DataLoader.
+* ``boxes`` (N, 4) and ``masks`` (N, H, W) bool locate each image's object: shapes has the boxes always and the
+  masks on request (``shapes_dataset(..., with_masks=True)``, for the label-evidence metric); None elsewhere.
 
 Nothing is ever downloaded: CIFAR and imagefolder read the files already in ``data_dir``.
 """

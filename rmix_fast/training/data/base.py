@@ -26,6 +26,8 @@ class VisionDataset(Dataset):
         labels: (N,) int64.
         boxes: (N, 4) int64 rows ``[y0, y1, x0, x1)`` (half-open) of the object in each image, or None where
             the dataset has no such annotation (everything but shapes).
+        masks: (N, H, W) bool per-pixel object masks, or None (everything but shapes built with
+            ``with_masks=True``: kept only on request, since nothing in training reads them).
         train_augment: ``"crop_flip"`` (the caller applies ``augment.crop_flip`` to training batches) or
             ``"none"`` (the dataset augments per sample itself, or not at all).
         epoch: the last value given to :meth:`set_epoch` (0 initially).
@@ -42,6 +44,7 @@ class VisionDataset(Dataset):
         std: tuple[float, ...],
         labels: Tensor,
         boxes: Tensor | None = None,
+        masks: Tensor | None = None,
         train_augment: str,
         channels: int = 3,
     ) -> None:
@@ -50,6 +53,13 @@ class VisionDataset(Dataset):
         if boxes is not None and (boxes.dtype != torch.int64 or tuple(boxes.shape) != (labels.numel(), 4)):
             raise ValueError(
                 f"boxes must be (N, 4) int64 with N = {labels.numel()}, got {boxes.dtype} {tuple(boxes.shape)}"
+            )
+        if masks is not None and (
+            masks.dtype != torch.bool or tuple(masks.shape) != (labels.numel(), *(int(s) for s in image_size))
+        ):
+            raise ValueError(
+                f"masks must be (N, H, W) bool with N = {labels.numel()} and (H, W) = {tuple(image_size)}, "
+                f"got {masks.dtype} {tuple(masks.shape)}"
             )
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean and std need {channels} entries, got {mean} and {std}")
@@ -63,6 +73,7 @@ class VisionDataset(Dataset):
         self.std = tuple(float(s) for s in std)
         self.labels = labels
         self.boxes = boxes
+        self.masks = masks
         self.train_augment = train_augment
         self.epoch = 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -132,8 +133,9 @@ def _put_specks(img: Tensor, n_specks: int, side: int, g: torch.Generator) -> No
             flat.scatter_(2, idx, torch.where(keep, colour, flat.gather(2, idx)))
 
 
-def _render_chunk(m: int, S: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """m images of side S from generator g -> (uint8 (m, 3, S, S), int64 (m,) labels, int64 (m, 4) boxes)."""
+def _render_chunk(m: int, S: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """m images of side S from generator g -> (uint8 (m, 3, S, S), int64 (m,) labels, int64 (m, 4) boxes,
+    bool (m, S, S) object masks)."""
 
     def rand(*shape: int) -> Tensor:
         return torch.rand(shape, generator=g)
@@ -239,10 +241,24 @@ def _render_chunk(m: int, S: int, g: torch.Generator) -> tuple[Tensor, Tensor, T
 
     (y0, y1), (x0, x1) = extent(obj.any(dim=2)), extent(obj.any(dim=1))
     boxes = torch.stack([y0, y1, x0, x1], dim=1).to(torch.int64)
-    return images, labels, boxes
+    return images, labels, boxes, obj
 
 
-def make_shapes(n: int, *, seed: int, image_size: int = 32) -> tuple[Tensor, Tensor, Tensor]:
+@overload
+def make_shapes(
+    n: int, *, seed: int, image_size: int = 32, return_masks: Literal[False] = False
+) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@overload
+def make_shapes(
+    n: int, *, seed: int, image_size: int = 32, return_masks: Literal[True]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
+def make_shapes(
+    n: int, *, seed: int, image_size: int = 32, return_masks: bool = False
+) -> tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
     """Generate ``n`` shapes images deterministically from ``seed``.
 
     Args:
@@ -250,10 +266,15 @@ def make_shapes(n: int, *, seed: int, image_size: int = 32) -> tuple[Tensor, Ten
         seed: any int; the same (seed, image_size) gives the same images on any machine (up to rare 1-level
             rounding differences between CPU math libraries).
         image_size: side S in pixels (>= 16).
+        return_masks: also return each image's object mask. The images, labels and boxes are the same
+            either way (the mask is drawn for every image regardless; this only keeps it).
 
     Returns:
         ``images`` (n, 3, S, S) uint8; ``labels`` (n,) int64 in 0..9 (``SHAPE_CLASSES``); ``boxes`` (n, 4)
-        int64 rows ``[y0, y1, x0, x1)``: the tight half-open box of the object's pixels.
+        int64 rows ``[y0, y1, x0, x1)``: the tight half-open box of the object's pixels; with
+        ``return_masks`` also ``masks`` (n, S, S) bool: the pixels painted with the object (the box is the
+        mask's tight box). The thin lines drawn over the object afterwards (occluders a pixel or two wide)
+        are not taken out of the mask: they hide too little of the shape to change its class.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
@@ -265,6 +286,8 @@ def make_shapes(n: int, *, seed: int, image_size: int = 32) -> tuple[Tensor, Ten
     images = torch.empty(n, 3, S, S, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
     boxes = torch.empty(n, 4, dtype=torch.int64)
+    masks = torch.empty(n if return_masks else 0, S, S, dtype=torch.bool)
+    outputs = (images, labels, boxes, masks) if return_masks else (images, labels, boxes)
     chunk_size = max(8, _CHUNK_PIXELS // (S * S))  # a function of S only, never of n
     with _one_thread():
         for k, start in enumerate(range(0, n, chunk_size)):
@@ -272,9 +295,9 @@ def make_shapes(n: int, *, seed: int, image_size: int = 32) -> tuple[Tensor, Ten
             g = torch.Generator().manual_seed(mix_seed(seed, S, k))
             chunk = _render_chunk(chunk_size, S, g)
             stop = min(start + chunk_size, n)
-            for dst, src in zip((images, labels, boxes), chunk, strict=True):
+            for dst, src in zip(outputs, chunk[: len(outputs)], strict=True):
                 dst[start:stop] = src[: stop - start]
-    return images, labels, boxes
+    return outputs
 
 
 @contextlib.contextmanager
@@ -297,9 +320,10 @@ def _one_thread() -> Iterator[None]:
 
 
 def shapes_dataset(
-    split: str, *, size: int | None = None, image_size: int = 32, seed: int = 0
+    split: str, *, size: int | None = None, image_size: int = 32, seed: int = 0, with_masks: bool = False
 ) -> InMemoryVisionDataset:
-    """One split of ``shapes``: ``size`` images (default 5000 train / 1000 test) of side ``image_size``.
+    """One split of ``shapes``: ``size`` images (default 5000 train / 1000 test) of side ``image_size``;
+    with ``with_masks`` the dataset's ``masks`` holds each image's (S, S) bool object mask (else None).
 
     Train and test come from disjoint seed streams (``2 * seed`` and ``2 * seed + 1``), so they never share
     images, and every (seed, split) pair has its own stream.
@@ -307,7 +331,8 @@ def shapes_dataset(
     if split not in DEFAULT_SIZES:
         raise ValueError(f"split must be one of {tuple(DEFAULT_SIZES)}, got {split!r}")
     n = DEFAULT_SIZES[split] if size is None else size
-    images, labels, boxes = make_shapes(n, seed=2 * seed + (split == "test"), image_size=image_size)
+    generated = make_shapes(n, seed=2 * seed + (split == "test"), image_size=image_size, return_masks=with_masks)
+    images, labels, boxes = generated[:3]
     return InMemoryVisionDataset(
         images,
         labels,
@@ -317,5 +342,6 @@ def shapes_dataset(
         mean=SHAPES_MEAN,
         std=SHAPES_STD,
         boxes=boxes,
+        masks=generated[3] if with_masks else None,
         train_augment="crop_flip",
     )

@@ -1,8 +1,10 @@
-"""Evaluation metrics: top-k accuracy, calibration (ECE), FGSM robustness and CAM weakly-supervised localisation.
+"""Evaluation metrics: top-k accuracy, calibration (ECE), FGSM robustness and CAM weakly-supervised localisation
+of a model, and the label evidence of a mixing method.
 
 One module per family (``accuracy``, ``calibration``, ``robustness``, ``localization``), each with the per-batch
 count that ``Evaluator`` (``evaluator``) adds up; none imports matplotlib (the plots are in
-``rmix_fast.training.plots``).
+``rmix_fast.training.plots``). ``label_evidence`` measures a mixer, not a model: how far the labels it assigns
+are from the share of each source's object its mixed images show (on data with object masks: ``shapes``).
 
 ``Evaluator`` is what a training or evaluation loop feeds batch by batch::
 
@@ -31,6 +33,14 @@ from rmix_fast.training.metrics.calibration import (
     expected_calibration_error,
 )
 from rmix_fast.training.metrics.evaluator import Evaluator
+from rmix_fast.training.metrics.label_evidence import (
+    HIDDEN_VISIBILITY,
+    box_masks,
+    evidence_terms,
+    label_evidence,
+    mix_evidence_terms,
+    own_weight_map,
+)
 from rmix_fast.training.metrics.localization import (
     CAM_THRESHOLD,
     CONSTANT_RTOL,
@@ -46,6 +56,7 @@ from rmix_fast.training.metrics.robustness import fgsm, fgsm_errors
 __all__ = [
     "CAM_THRESHOLD",
     "CONSTANT_RTOL",
+    "HIDDEN_VISIBILITY",
     "IOU_HIT",
     "N_BINS",
     "CalibrationBins",
@@ -53,12 +64,17 @@ __all__ = [
     "add_to_bins",
     "bin_edges",
     "box_iou",
+    "box_masks",
     "cam_boxes",
     "class_activation_maps",
     "connected_components",
+    "evidence_terms",
     "expected_calibration_error",
     "fgsm",
     "fgsm_errors",
+    "label_evidence",
     "localization_hits",
+    "mix_evidence_terms",
+    "own_weight_map",
     "topk_hits",
 ]
