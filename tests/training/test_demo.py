@@ -31,6 +31,10 @@ def test_demo_compares_methods_and_writes_pictures(tmp_path: Path, capsys: pytes
     assert (out / "comparison.png").stat().st_size > 1000
     speed = json.loads((out / "results.json").read_text())["speed"]
     assert [r["shape"] for r in speed] == ["100x3x32x32", "32x3x224x224"]
+    evidence = json.loads((out / "evidence.json").read_text())["results"]
+    assert list(evidence) == ["mixup", "cutmix", "rmix", "rmix-oracle", "rmix-checkpoint"]
+    for method, r in evidence.items():  # the evidence table prints the measured rows
+        assert re.search(rf"{method}\s+\|\s+{r['mismatch']:.3f} \| {r['hidden_mass']:.3f}", printed), method
     for r in speed:  # the speed table prints the measured rows
         assert re.search(rf"{r['shape']}\s+\w+\s+{r['rmix_fast_ms']:.2f}\s+{r['paper_ms']:.1f}", printed)
 
