@@ -7,7 +7,7 @@ Each ``--method LABEL=ARGS`` names one arm of the comparison: ARGS (split like a
 rmix-train options; a bare ``--method NAME`` means ``NAME=--method NAME``. Everything after ``--`` is the
 protocol every arm shares. Each (label, seed) is one subprocess
 
-    rmix-train ARGS COMMON --seed K --out OUT/LABEL/seedK --no-progress
+    rmix-train ARGS COMMON --seed K --out DIR/LABEL/seedK --no-progress
 
 ``--parallel`` of them at a time (``--threads`` sets their OMP_NUM_THREADS). Rerunning the same command
 resumes a comparison: a run whose metrics.json is complete is skipped, a run with a checkpoint continues with
@@ -15,9 +15,9 @@ resumes a comparison: a run whose metrics.json is complete is skipped, a run wit
 options differ from what the command asks for stops the comparison before anything runs: the table would
 otherwise mix protocols. ``--report-only`` aggregates what is there and lists what is missing.
 
-Writes to OUT: ``comparison.json`` (the command, the arms, per run its final metrics and history, per label
+Writes to DIR: ``comparison.json`` (the command, the arms, per run its final metrics and history, per label
 mean ± sample std over seeds), ``comparison.md`` (the table, also printed), ``accuracy_vs_epoch.png`` and
-``accuracy_vs_cost.png``; each run's console output goes to ``OUT/LABEL/seedK/rmix-train.out``.
+``accuracy_vs_cost.png``; each run's console output goes to ``DIR/LABEL/seedK/rmix-train.out``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def parse_spec(text: str) -> Spec:
         raise ValueError(f"--method {text!r}: the label before '=' is empty")
     if label != label.strip() or label in (".", "..") or label.startswith(".") or any(c in label for c in "/\\\0"):
         raise ValueError(
-            f"--method {text!r}: the label {label!r} names the run folder OUT/{label}/: it must be a plain folder name "
+            f"--method {text!r}: the label {label!r} names the run folder DIR/{label}/: it must be a plain folder name "
             "(no '/', '\\', leading '.', or surrounding spaces)"
         )
     try:
@@ -525,8 +525,8 @@ def build_parser_compare() -> argparse.ArgumentParser:
                    "compare fairly only when the runs do not compete for cores or the GPU")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="OMP_NUM_THREADS of each run (default: inherited)")  # fmt: skip
-    p.add_argument("--report-only", action="store_true", help="run nothing: aggregate the complete runs in OUT "
-                   "and list the missing ones (without --method: every OUT/LABEL/seedK/ found)")  # fmt: skip
+    p.add_argument("--report-only", action="store_true", help="run nothing: aggregate the complete runs in DIR "
+                   "and list the missing ones (without --method: every DIR/LABEL/seedK/ found)")  # fmt: skip
     return p
 
 

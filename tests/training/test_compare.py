@@ -97,7 +97,7 @@ def test_help_names_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "rmix-compare --out DIR --method LABEL[=RMIX_TRAIN_ARGS]" in text
-    assert "rmix-train ARGS COMMON --seed K --out OUT/LABEL/seedK --no-progress" in text
+    assert "rmix-train ARGS COMMON --seed K --out DIR/LABEL/seedK --no-progress" in text
 
 
 def test_mean_std_is_the_sample_std() -> None:
