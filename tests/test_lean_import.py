@@ -1,6 +1,6 @@
 """``import rmix_fast`` and every public library module load the library only: never the training
 application nor matplotlib (an extra of the application), and never the ``python -m`` command modules
-``rmix_fast.train`` / ``rmix_fast.demo``. numpy is not checked: torch imports it itself."""
+``rmix_fast.train`` / ``rmix_fast.compare`` / ``rmix_fast.demo``. numpy is not checked: torch imports it itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 LIBRARY_MODULES = ("rmix_fast", "rmix_fast.ops", "rmix_fast.mixers", "rmix_fast.reference", "rmix_fast.viz")
-FORBIDDEN = ("rmix_fast.training", "rmix_fast.train", "rmix_fast.demo", "matplotlib")
+FORBIDDEN = ("rmix_fast.training", "rmix_fast.train", "rmix_fast.compare", "rmix_fast.demo", "matplotlib")
 
 
 def test_library_import_stays_lean():

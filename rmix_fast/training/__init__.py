@@ -1,4 +1,4 @@
-"""The training application: ``rmix-train``, ``rmix-eval`` and the demo, with their trainer, options,
+"""The training application: ``rmix-train``, ``rmix-eval``, ``rmix-compare`` and the demo, with their trainer, options,
 method registry, datasets, models, metrics, plots and checkpoints. It uses the library (``rmix_fast``);
 nothing in the library imports it. Its command lines are its contract; its Python is not API.
 
@@ -10,6 +10,6 @@ import importlib.util
 _MISSING = [name for name in ("matplotlib", "numpy") if importlib.util.find_spec(name) is None]
 if _MISSING:
     raise ImportError(
-        f"rmix_fast.training (rmix-train, rmix-eval, the demo) needs {', '.join(_MISSING)}: "
+        f"rmix_fast.training (rmix-train, rmix-eval, rmix-compare, the demo) needs {', '.join(_MISSING)}: "
         "install the application's extra with pip install 'rmix_fast[train]'"
     )

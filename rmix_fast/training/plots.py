@@ -1,4 +1,5 @@
-"""PNG plots of a run: training curves, the reliability diagram, and a comparison of methods.
+"""PNG plots of a run (training curves, the reliability diagram), a comparison of methods, and the
+seed-averaged plots of rmix-compare (accuracy against the epoch and against the cost).
 
 matplotlib is imported inside each function, so the rest of the package does not need it. Figures are drawn
 through matplotlib's object API on an Agg canvas (no ``pyplot``): nothing switches the global backend of a
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_comparison", "plot_curves", "plot_reliability"]
+__all__ = ["plot_accuracy_vs_cost", "plot_accuracy_vs_epoch", "plot_comparison", "plot_curves", "plot_reliability"]
 
 DPI = 120
 
@@ -184,5 +185,83 @@ def plot_comparison(results: Mapping[str, Mapping[str, Any]], path: str | Path) 
     if not shown:
         axes[0].text(0.5, 0.5, "no metrics", ha="center", va="center")
         axes[0].set_axis_off()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _or_nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def plot_accuracy_vs_epoch(curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: str | Path) -> Path:
+    """Test top-1 accuracy against the epoch: one line per label (the mean over seeds), a band of ± one std.
+
+    Args:
+        curves: ``{label: {"epoch": [...], "mean": [...], "std": [...]}}``, accuracies in percent; a None mean
+            leaves a gap, a None std (one seed at that epoch) draws no band there.
+        path: the PNG to write.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(7, 4.5)
+    ax = fig.subplots()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.2
+    for i, (label, curve) in enumerate(curves.items()):
+        epochs = [float(e) for e in curve["epoch"]]
+        mean = [_or_nan(m) for m in curve["mean"]]
+        std = [_or_nan(s) for s in curve["std"]]
+        color = f"C{i % 10}"
+        ax.plot(epochs, mean, "-", marker="o", markersize=3, color=color, label=label)
+        if any(not math.isnan(s) for s in std):
+            lo = [m - s for m, s in zip(mean, std, strict=True)]
+            hi = [m + s for m, s in zip(mean, std, strict=True)]
+            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title("test top-1 accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_cost(
+    points: Mapping[str, Mapping[str, float | None]], path: str | Path, reference: str | None = None
+) -> Path:
+    """Final test top-1 accuracy against training time relative to a reference method, error bars ± one std.
+
+    Args:
+        points: ``{label: {"time": ..., "time_std": ..., "top1": ..., "top1_std": ...}}``: time per epoch as
+            a multiple of ``reference``'s, accuracy in percent; a label whose time or accuracy is None is left
+            out, a None std draws no bar.
+        path: the PNG to write.
+        reference: the label the times are relative to (the x axis's name).
+    """
+    fig = _figure(6, 4.5)
+    ax = fig.subplots()
+    for i, (label, p) in enumerate(points.items()):
+        if p.get("time") is None or p.get("top1") is None:
+            continue
+        ax.errorbar(
+            [float(p["time"])],
+            [float(p["top1"])],
+            xerr=None if p.get("time_std") is None else [float(p["time_std"])],
+            yerr=None if p.get("top1_std") is None else [float(p["top1_std"])],
+            fmt="o",
+            color=f"C{i % 10}",
+            capsize=3,
+            label=label,
+        )
+        ax.annotate(label, (float(p["time"]), float(p["top1"])), xytext=(5, 5), textcoords="offset points", fontsize=8)
+    ax.set_xlabel(f"time per epoch (× {reference})" if reference else "time per epoch (relative)")
+    ax.set_ylabel("final test top-1 accuracy (%)")
+    ax.set_title("accuracy against cost (mean ± std over seeds)")
+    ax.margins(0.15)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no complete runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return _save(fig, path)

@@ -8,7 +8,7 @@ from typing import Any
 
 from rmix_fast.training.checkpoint import atomic_write_json, save_checkpoint
 
-__all__ = ["CHECKPOINT", "CURVES", "OUTPUT_FILES", "RELIABILITY", "RunDir"]
+__all__ = ["CHECKPOINT", "CURVES", "METRICS", "OUTPUT_FILES", "RELIABILITY", "RunDir"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"
