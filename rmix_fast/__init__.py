@@ -10,7 +10,7 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import CutMix, MixParams, Mixup, RMix, soft_targets
+from rmix_fast.mixers import CutMix, ManifoldMixup, MixParams, Mixup, RMix, soft_targets
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -33,6 +33,7 @@ __all__ = [
     "PARTNER",
     "BackendInfo",
     "CutMix",
+    "ManifoldMixup",
     "MixParams",
     "Mixup",
     "RMix",
