@@ -22,7 +22,7 @@ from rmix_fast.ops import (
     rmix,
     saliency_grid,
 )
-from rmix_fast.saliency import input_gradient
+from rmix_fast.saliency import clean_loss_backward, input_gradient
 from rmix_fast.sampling import RMixParams, sample_rmix_params
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "blend_regions",
+    "clean_loss_backward",
     "input_gradient",
     "regions_from_mask",
     "rmix",
