@@ -10,7 +10,7 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import CutMix, MixParams, Mixup, RMix, soft_targets
+from rmix_fast.mixers import CutMix, ManifoldMixup, MixParams, Mixup, RMix, soft_targets
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -22,7 +22,7 @@ from rmix_fast.ops import (
     rmix,
     saliency_grid,
 )
-from rmix_fast.saliency import input_gradient
+from rmix_fast.saliency import clean_loss_backward, input_gradient
 from rmix_fast.sampling import RMixParams, sample_rmix_params
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ __all__ = [
     "PARTNER",
     "BackendInfo",
     "CutMix",
+    "ManifoldMixup",
     "MixParams",
     "Mixup",
     "RMix",
@@ -42,6 +43,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "blend_regions",
+    "clean_loss_backward",
     "input_gradient",
     "regions_from_mask",
     "rmix",

@@ -1,13 +1,19 @@
-"""The saliency pass of R-Mix: the gradient of the loss w.r.t. the input images, and nothing else.
+"""The saliency pass of R-Mix: the gradient of the loss w.r.t. the input images; and the clean pass that is
+also a training signal.
 
 ``input_gradient`` asks autograd for d loss / d x only (``torch.autograd.grad(..., inputs=x)``), so no
 weight gradient is computed and no ``param.grad`` is touched. A ``DistributedDataParallel`` model is
 run through its ``.module``: the pass needs no communication, and going around the wrapper keeps its
 reducer out of it (no hooks fire, nothing is left pending for the real backward).
+
+``clean_loss_backward`` runs a full backward of the weighted clean loss instead: the parameter gradients
+are kept for the step (the methods whose saliency pass is part of the update) and the input gradient comes
+from the same backward.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BATCHNORM_MODES", "input_gradient", "unwrap_model"]
+__all__ = ["BATCHNORM_MODES", "clean_loss_backward", "input_gradient", "unwrap_model"]
 
 BATCHNORM_MODES = ("update", "keep", "eval")
 # fp16 gradients of a mean loss underflow deep in a network; the mask is scale-invariant, so the loss
@@ -98,6 +104,76 @@ def input_gradient(
     Returns:
         (B, C, H, W) gradient in x's dtype, shape and memory format; detached. Parameters' ``.grad`` are untouched.
     """
+    _check_pass(model, x, y, batchnorm, resolution)
+    if loss_scale is None:
+        loss_scale = FP16_LOSS_SCALE if _autocast_fp16(x.device.type) else 1.0
+    if not loss_scale > 0:
+        raise ValueError(f"loss_scale must be > 0, got {loss_scale!r}")
+
+    net = unwrap_model(model)
+    with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
+        seen = _pass_input(x, resolution).requires_grad_(True)
+        loss = _scalar_loss(loss_fn, net(seen), y)
+        (grad,) = torch.autograd.grad(loss * loss_scale if loss_scale != 1 else loss, seen)
+    if loss_scale != 1:
+        grad = grad / loss_scale
+    return _as_input_gradient(grad, x)
+
+
+def clean_loss_backward(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    weight: float,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    batchnorm: str = "update",
+    resolution: float = 1.0,
+    input_grad: bool = True,
+    scale_loss: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    """The clean batch as a training signal and, from the same backward, the saliency.
+
+    One forward of the clean batch and one backward of ``weight * loss_fn(model(x), y)``: every parameter's
+    gradient is accumulated into its ``.grad`` (so the step's own loss adds to it before the optimizer
+    step: Co-Mixup's and PuzzleMix's ``clean_lam``, SAGE's ``1 - update_ratio``), and, with ``input_grad``,
+    the gradient w.r.t. x comes out of the same backward: a saliency at no extra cost.
+
+    Args:
+        model, x, y, loss_fn, batchnorm, resolution: as ``input_gradient``. Under ``batchnorm="eval"`` the
+            training signal is the loss of the model in eval mode.
+        weight: the clean loss's weight, > 0.
+        input_grad: also return d(loss)/dx (else x does not require grad, and None is returned).
+        scale_loss: applied to ``weight * loss`` before the backward: a ``torch.amp.GradScaler``'s ``scale``,
+            so that the parameter gradients carry the same scale as the step's own scaled loss. Default:
+            none (under float16 autocast, pass the scaler's, or small gradients underflow).
+
+    A ``DistributedDataParallel`` model is run through its ``.module``, as ``input_gradient`` does: the
+    parameter gradients accumulate on this rank only, like gradients accumulated under ``no_sync()``, and
+    the next backward through the wrapper averages the accumulated ``.grad`` over the ranks. So call this
+    before the step's forward through the wrapper, not after its backward.
+
+    Returns:
+        ``(grad, loss)``: the input gradient (x's dtype, shape and memory format; detached) or None, and the
+        detached, unweighted clean loss. The input gradient is that of the loss the backward ran,
+        ``scale_loss(weight * loss)``: a positive multiple (weight, times a ``GradScaler``'s scale) of
+        d loss / dx. The mixers use a saliency only up to a positive factor (R-Mix's mask is scale-invariant),
+        so they build the same mixes from it as from ``input_gradient``'s, up to rounding.
+    """
+    _check_pass(model, x, y, batchnorm, resolution)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+        raise ValueError(f"weight must be a finite number > 0, got {weight!r}")
+    net = unwrap_model(model)
+    with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
+        seen = _pass_input(x, resolution).requires_grad_(input_grad)
+        loss = _scalar_loss(loss_fn, net(seen), y)
+        total = loss * weight
+        (scale_loss(total) if scale_loss is not None else total).backward()
+    grad = _as_input_gradient(seen.grad, x) if input_grad else None
+    return grad, loss.detach()
+
+
+def _check_pass(model: nn.Module, x: Tensor, y: Tensor, batchnorm: str, resolution: float) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
@@ -110,27 +186,30 @@ def input_gradient(
         raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
     if not isinstance(resolution, int | float) or isinstance(resolution, bool) or not 0 < resolution <= 1:
         raise ValueError(f"resolution must be a number in (0, 1], got {resolution!r}")
-    if loss_scale is None:
-        loss_scale = FP16_LOSS_SCALE if _autocast_fp16(x.device.type) else 1.0
-    if not loss_scale > 0:
-        raise ValueError(f"loss_scale must be > 0, got {loss_scale!r}")
 
+
+def _pass_input(x: Tensor, resolution: float) -> Tensor:
+    """The images the pass sees: a detached copy of x, bilinearly downsampled below resolution 1 (a new
+    leaf either way, so its ``.grad`` is the pass's own)."""
     H, W = x.shape[-2:]
     size = (max(1, round(H * resolution)), max(1, round(W * resolution)))
-    net = unwrap_model(model)
-    with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
-        seen = x.detach()
-        if size != (H, W):
-            seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False, antialias=True)
-        seen.requires_grad_(True)
-        loss = (loss_fn or _default_loss)(net(seen), y)
-        if loss.dim() != 0:
-            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-        (grad,) = torch.autograd.grad(loss * loss_scale if loss_scale != 1 else loss, seen)
-    if loss_scale != 1:
-        grad = grad / loss_scale
+    seen = x.detach()
     if size != (H, W):
-        grad = F.interpolate(grad, size=(H, W), mode="nearest").contiguous(memory_format=_format_of(x))
+        seen = F.interpolate(seen, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return seen
+
+
+def _scalar_loss(loss_fn: Callable[[Tensor, Tensor], Tensor] | None, logits: Tensor, y: Tensor) -> Tensor:
+    loss = (loss_fn or _default_loss)(logits, y)
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    return loss
+
+
+def _as_input_gradient(grad: Tensor, x: Tensor) -> Tensor:
+    """The pass's gradient as x's: mapped back to x's size (nearest) in x's memory format and dtype."""
+    if grad.shape[-2:] != x.shape[-2:]:
+        grad = F.interpolate(grad, size=tuple(x.shape[-2:]), mode="nearest").contiguous(memory_format=_format_of(x))
     return grad.to(x.dtype)
 
 

@@ -5,12 +5,15 @@ All mix through the same blend engine (``blend_regions``): a mixup is a map that
 CutMix box is a map that takes the partner inside the box, and R-Mix's map comes from its thresholded
 saliency (``rmix``, which fuses the saliency and threshold steps in front of the same blend). Labels mix
 by the op's ``lam_eff``, the exact share of each sample's own pixels. What was drawn for the last batch is
-in ``mixer.last_params``.
+in ``mixer.last_params``. Manifold Mixup mixes hidden activations with the same engine, inside the model's
+forward: every mixer also has ``with mixer.mixing(x, y, grad, layers=...) as (x_in, y_soft)`` around the
+forward, which a loop can use for every method alike.
 """
 
 from rmix_fast.mixers.base import Mixer, MixParams, RegionMixer, soft_targets
 from rmix_fast.mixers.cutmix import CutMix
+from rmix_fast.mixers.manifold import ManifoldMixup
 from rmix_fast.mixers.mixup import Mixup
 from rmix_fast.mixers.rmix import RMix
 
-__all__ = ["CutMix", "MixParams", "Mixer", "Mixup", "RMix", "RegionMixer", "soft_targets"]
+__all__ = ["CutMix", "ManifoldMixup", "MixParams", "Mixer", "Mixup", "RMix", "RegionMixer", "soft_targets"]

@@ -10,6 +10,8 @@ identical on every rank); the methods here hold no state.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, ClassVar
@@ -36,6 +38,7 @@ class MixParams:
     mask: Tensor | None = None  # R-Mix: (B, p, p) bool top mask
     box: Tensor | None = None  # CutMix: (B, 4) int64 rows [y0, y1) and columns [x0, x1) taken from the partner
     regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
+    layer: int | None = None  # Manifold Mixup: 0 for the input, k for the output of the k-th mixable layer
 
     def region_map(self) -> Tensor | None:
         """(B, gh, gw) int8 codes of how each cell of each mixed image was made (``BLEND``, ``OWN``,
@@ -110,7 +113,9 @@ class Mixer(nn.Module):
     the batch's device without blocking, and bad labels fail on the device (``soft_targets``). Nothing is
     read back from the batch, its labels or the op's outputs.
 
-    Subclasses implement ``mix``; a method that needs the input gradient sets ``needs_grad``.
+    A training loop that runs every method through one call uses ``mixer.mixing(...)`` around its forward
+    (images mixed before it, or hidden activations inside it). Subclasses implement ``mix``, or ``mixing``
+    for a mix inside the forward; a method that needs the input gradient sets ``needs_grad``.
     """
 
     needs_grad: ClassVar[bool] = False
@@ -145,21 +150,49 @@ class Mixer(nn.Module):
     def forward(self, x: Tensor, y: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) images, (B,) labels or (B, K) soft targets [, (B, C, H, W) input gradient] ->
         (mixed images like x, (B, num_classes) float32 soft targets)."""
+        targets = self.prepare_targets(x, y, grad)
+        if not self.draw_applied():
+            self.last_params = MixParams(applied=False)
+            return x, targets
+        mixed, params = self.mix(x, grad)
+        self.last_params = params
+        return mixed, self.mix_targets(targets, params)
+
+    @contextmanager
+    def mixing(
+        self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, layers: Sequence[nn.Module] = ()
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """The mix of one forward pass, the same call for every mixer:
+
+            with mixer.mixing(x, y, grad, layers=net_layers) as (x_in, y_soft):
+                logits = model(x_in)
+
+        A mixer of images mixes them on entering (``x_in, y_soft = mixer(x, y, grad)``) and ignores
+        ``layers``. A mixer of hidden activations (``ManifoldMixup``) hands back ``x`` itself and mixes the
+        output of one of ``layers`` (modules run by ``model``'s forward) inside the block instead, removing
+        its hook on leaving the block, also when the forward raises."""
+        yield self(x, y, grad)
+
+    def prepare_targets(self, x: Tensor, y: Tensor, grad: Tensor | None) -> Tensor:
+        """Checks the call's arguments; returns y as (B, num_classes) float32 smoothed targets on x's device."""
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a 4-D tensor (B, C, H, W), got {x!r:.80}")
         if isinstance(y, Tensor) and y.shape[:1] != x.shape[:1]:
             raise ValueError(f"y must have x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
         if self.needs_grad and grad is None:
             raise ValueError(f"{type(self).__name__} needs grad: pass rmix_fast.input_gradient(model, x, y)")
-        targets = soft_targets(y, self.num_classes, self.label_smoothing).to(x.device)
+        return soft_targets(y, self.num_classes, self.label_smoothing).to(x.device)
+
+    def draw_applied(self) -> bool:
+        """Whether this batch is mixed (probability ``prob``); no draw is made when ``prob`` is 1."""
         # the draw is a CPU tensor: reading it is no sync
-        if self.prob < 1.0 and float(torch.rand((), generator=self.generator)) >= self.prob:
-            self.last_params = MixParams(applied=False)
-            return x, targets
-        mixed, params = self.mix(x, grad)
-        self.last_params = params
+        return self.prob >= 1.0 or float(torch.rand((), generator=self.generator)) < self.prob
+
+    @staticmethod
+    def mix_targets(targets: Tensor, params: MixParams) -> Tensor:
+        """``lam_eff * targets + (1 - lam_eff) * targets[perm]`` per sample."""
         # lerp is exact where both targets agree (e.g. B = 1: a sample mixed with itself keeps its label)
-        return mixed, torch.lerp(targets[params.perm], targets, params.lam_eff.unsqueeze(1))
+        return torch.lerp(targets[params.perm], targets, params.lam_eff.unsqueeze(1))
 
     def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
         """The method: draw, mix the pixels, and say what was drawn (``perm`` and ``lam_eff`` at least)."""

@@ -2,17 +2,19 @@
 
 Adding a method adds an entry here (``register_method``), not branches in the trainer or the parser. The
 trainer runs every method through one code path: a method that needs the input gradient says so on its
-mixer (``Mixer.needs_grad``), and a mixer with state is checkpointed with the run (``Mixer.state_dict``).
+mixer (``Mixer.needs_grad``), every mixer's mix wraps the model's forward (``Mixer.mixing``, which hands the
+network's mixable layers to a mixer of hidden activations), and a mixer with state is checkpointed with the
+run (``Mixer.state_dict``).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from rmix_fast.mixers import CutMix, Mixer, Mixup, RMix
+from rmix_fast.mixers import CutMix, ManifoldMixup, Mixer, Mixup, RMix
 
 __all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method"]
 
@@ -31,7 +33,11 @@ class Method:
         help: one line for ``--help``.
         build: ``(options, num_classes) -> mixer`` (None: no mixing).
         add_options: adds the method's own options to its group (``add`` takes argparse's arguments).
-        check: checks the method's own option values, reporting through ``error``.
+        check: checks the option values as the method needs them, reporting through ``error``. It runs for
+            every registered method whichever is chosen (all their options are in the config), so a check
+            of a shared option tests ``args.method`` first.
+        defaults: the method's own defaults of shared options (``{"alpha": 2.0}``): they replace the parser's
+            and a preset's defaults when the option is not given.
     """
 
     name: str
@@ -39,6 +45,7 @@ class Method:
     build: Callable[[argparse.Namespace, int], Mixer | None]
     add_options: Callable[[OptionAdder], None] | None = None
     check: Callable[[argparse.Namespace, OptionError], None] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {}
@@ -84,5 +91,23 @@ register_method(
         lambda args, k: RMix(k, grids=tuple(args.grids), levels=args.levels, **mixer_options(args)),
         add_options=_rmix_options,
         check=_check_rmix,
+    )
+)
+
+
+def _check_manifold(args: argparse.Namespace, error: OptionError) -> None:
+    # The mix is a forward hook, added per batch: a torch.compile'd forward would not run it (dynamo does not
+    # guard on module hooks), so the run would train unmixed against mixed labels.
+    if args.method == "manifold" and args.compile:
+        error("--method manifold mixes through forward hooks, which a --compile'd model does not run")
+
+
+register_method(
+    Method(
+        "manifold",
+        "Manifold Mixup (Verma et al. 2019): mixup of the input or of the activations after stage 1 or 2",
+        lambda args, k: ManifoldMixup(k, **mixer_options(args)),
+        check=_check_manifold,
+        defaults={"alpha": 2.0},  # the authors' CIFAR setting, as in the tables R-Mix copies
     )
 )

@@ -5,6 +5,7 @@ options from its checkpoint, and any option given again must agree with it."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "softmax probabilities")  # fmt: skip
     add = group("method")
     add("--method", choices=tuple(METHODS), default="rmix", help="mixing method")
-    add("--alpha", type=float, default=1.0, help="Beta(alpha, alpha) of the mixing weight")
+    add("--alpha", type=float, default=1.0, help="Beta(alpha, alpha) of the mixing weight (manifold: default 2)")
     add("--mix-prob", type=float, default=1.0, help="probability that a batch is mixed")
     add("--label-smoothing", type=float, default=0.0, help="label smoothing of the targets")
     add("--backend", default="auto", help="kernel backend of the mixers: auto, reference, triton, cpp")
@@ -80,9 +81,11 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         if method.add_options is not None:
             method.add_options(group(f"{method.name}: {method.help}"))
 
-    add = group("saliency pass (methods that mix by the input gradient)")
+    add = group("saliency pass (methods that mix by the input gradient) and clean loss (any method)")
     add("--saliency-batchnorm", choices=BATCHNORM_MODES, default="update", help="BatchNorm in the saliency pass")
     add("--saliency-resolution", type=float, default=1.0, help="image fraction the saliency pass sees")
+    add("--clean-loss-weight", type=float, default=0.0, help="W > 0: the clean batch's loss, times W, also "
+        "trains (its gradients join the mixed loss's; the saliency comes from its backward); any method")  # fmt: skip
 
     add = group("data")
     add("--dataset", choices=DATASET_NAMES, default="shapes", help="dataset (shapes is generated, no files)")
@@ -158,6 +161,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--pct-start must lie in (0, 1), got {args.pct_start}")
     if args.weight_decay < 0 or args.fgsm_eps < 0 or args.crop_padding < 0:
         parser.error("--weight-decay, --fgsm-eps and --crop-padding must be >= 0")
+    if not 0.0 <= args.clean_loss_weight < math.inf:
+        parser.error(f"--clean-loss-weight must be a finite number >= 0, got {args.clean_loss_weight}")
     if not 0.0 < args.saliency_resolution <= 1.0:
         parser.error(f"--saliency-resolution must lie in (0, 1], got {args.saliency_resolution}")
     if args.milestones is not None and any(m < 1 or m > args.epochs for m in args.milestones):
@@ -207,7 +212,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.resume:
         return _resume(parser, args, argv)
     given = vars(build_parser(suppress=True).parse_args(argv))
-    for name, value in PRESETS[args.preset].items():
+    # given options win over the method's own defaults, which win over the preset's
+    for name, value in {**PRESETS[args.preset], **METHODS[args.method].defaults}.items():
         if name not in given:
             setattr(args, name, value)
     _fill_defaults(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from rmix_fast.losses import LOSSES
 from rmix_fast.mixers import Mixer, soft_targets
-from rmix_fast.saliency import input_gradient
+from rmix_fast.saliency import clean_loss_backward, input_gradient
 from rmix_fast.training.batches import epoch_batches, iterate_batches, to_pixels
 from rmix_fast.training.checkpoint import load_checkpoint
 from rmix_fast.training.data import build_dataset
@@ -89,6 +90,8 @@ class Trainer:
         self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
         if self.mixer is not None:
             self.mixer.to(self.device)
+        # where a mixer of hidden activations may mix (the network's stage ends); image mixers ignore them
+        self.mix_layers = self.model.mix_layers()
         self.criterion = LOSSES[args.loss]()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -168,22 +171,42 @@ class Trainer:
         )
 
     def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """One optimisation step; returns the detached loss, the number of correct dominant labels, the
-        mixed batch and the input gradient (None unless the method needs it)."""
+        """One optimisation step; returns the detached loss of the (mixed) batch, the number of correct
+        dominant labels, the batch the model was given and the input gradient (None unless the method needs it).
+
+        With ``--clean-loss-weight W > 0`` the clean batch's loss (the run's loss on its own targets) is a
+        training signal too: one backward of ``W * clean_loss`` leaves its parameter gradients in ``.grad`` for
+        the mixed loss's backward to add to, and gives the input gradient (a positive multiple of the clean
+        loss's, which the mixers use only up to scale) for a method that needs one."""
         a = self.args
         grad = None
+        needs_grad = self.mixer is not None and self.mixer.needs_grad
+        self.optimizer.zero_grad(set_to_none=True)  # before the clean pass, whose gradients are kept
         with amp_autocast(a.amp, self.device):
+            if a.clean_loss_weight > 0:
+                grad, _ = clean_loss_backward(
+                    self.forward_model,
+                    x,
+                    soft_targets(y, self.num_classes, a.label_smoothing),
+                    weight=a.clean_loss_weight,
+                    loss_fn=self.criterion,
+                    batchnorm=a.saliency_batchnorm,
+                    resolution=a.saliency_resolution,
+                    input_grad=needs_grad,
+                    scale_loss=self.scaler.scale,
+                )
+            elif needs_grad:
+                grad = input_gradient(
+                    self.forward_model, x, y, batchnorm=a.saliency_batchnorm, resolution=a.saliency_resolution
+                )
+            # Every mixer wraps the forward: images mixed before it, or hidden activations inside it.
             if self.mixer is None:
-                x_mix, y_soft = x, soft_targets(y, self.num_classes, a.label_smoothing)
+                mixing = nullcontext((x, soft_targets(y, self.num_classes, a.label_smoothing)))
             else:
-                if self.mixer.needs_grad:
-                    grad = input_gradient(
-                        self.forward_model, x, y, batchnorm=a.saliency_batchnorm, resolution=a.saliency_resolution
-                    )
-                x_mix, y_soft = self.mixer(x, y, grad)
-            logits = self.forward_model(x_mix)
+                mixing = self.mixer.mixing(x, y, grad, layers=self.mix_layers)
+            with mixing as (x_mix, y_soft):
+                logits = self.forward_model(x_mix)
             loss = self.criterion(logits, y_soft)
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -205,6 +228,12 @@ class Trainer:
             "perm": params.perm.cpu() if applied else torch.arange(B),
             "lam_eff": params.lam_eff.float().cpu() if applied else torch.ones(B),
         }
+        if applied and params.layer:
+            # the model was given x and mixed its activations inside: say so, as the "mixed" row shows x
+            self.sample["title"] = (
+                f"Manifold Mixup: the activations after stage {params.layer} were mixed "
+                "(the 'mixed' row is the model's input)"
+            )
         if applied:
             regions = params.region_map()
             saliency = self.mixer.saliency_map(grad, params) if grad is not None else None
@@ -324,4 +353,5 @@ class Trainer:
             top=s.get("top"),
             labels=s["labels"],
             class_names=list(self.train_set.classes),
+            title=s.get("title"),
         )

@@ -14,7 +14,7 @@ from rmix_fast import reference
 from tests.helpers.cases import BACKENDS, DEVICE
 from tests.helpers.mixer_cases import K, batch, expected_targets, make
 
-MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix]
+MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.ManifoldMixup]
 
 
 def _rmix_mix(x, grad, p):
@@ -36,7 +36,13 @@ def _cutmix_mix(x, grad, p):
 
 
 # Each method's mix, written from its definition (not through the blend engine where avoidable).
-EXPECTED_MIX = {rmix_fast.RMix: _rmix_mix, rmix_fast.Mixup: _mixup_mix, rmix_fast.CutMix: _cutmix_mix}
+# Manifold Mixup called on images (no layers) can only draw the input layer: Mixup of the images.
+EXPECTED_MIX = {
+    rmix_fast.RMix: _rmix_mix,
+    rmix_fast.Mixup: _mixup_mix,
+    rmix_fast.CutMix: _cutmix_mix,
+    rmix_fast.ManifoldMixup: _mixup_mix,
+}
 
 
 def test_every_mixer_has_an_expected_mix():

@@ -20,7 +20,7 @@ from tests.helpers.sync_probe import HostReadError, HostReadProbe
 from tests.helpers.toy_task import ToyCNN
 
 K = 4  # ToyCNN's classes
-MIXERS = (rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.RMix)
+MIXERS = (rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.RMix, rmix_fast.ManifoldMixup)
 CPU_BACKENDS = [
     name
     for name, info in rmix_fast.available_backends("cpu").items()
@@ -46,10 +46,12 @@ def _setup(cls, device, backend: str = "auto", seed: int = 0, **kwargs):
 
 
 def _step(model, mixer, x, y):
-    """One training step of a mixer, as ``rmix-train`` runs it (without the optimizer)."""
+    """One training step of a mixer, as ``rmix-train`` runs it (without the optimizer): the mix wraps the
+    forward, so Manifold Mixup draws the input or the output of the first or second conv block."""
     grad = rmix_fast.input_gradient(model, x, y)
-    x_mix, y_soft = mixer(x, y, grad)
-    loss = SoftTargetCrossEntropy()(model(x_mix), y_soft)
+    with mixer.mixing(x, y, grad, layers=[model.features[2], model.features[5]]) as (x_in, y_soft):
+        logits = model(x_in)
+    loss = SoftTargetCrossEntropy()(logits, y_soft)
     loss.backward()
     return loss
 
@@ -67,7 +69,7 @@ CASES = [("defaults", b) for b in CPU_BACKENDS] + [(o, "auto") for o in OPTIONS 
 def test_a_mixer_step_reads_nothing_back(cls, option, backend):
     model, mixer, x, y = _setup(cls, "cpu", backend, **OPTIONS[option])
     applied = set()
-    for i in range(4):  # several batches: prob < 1 passes some through, R-Mix draws either grid
+    for i in range(4):  # several batches: prob < 1 passes some through, R-Mix draws either grid, Manifold a layer
         with HostReadProbe() as probe:
             _step(model, mixer, x, y)
         assert not probe.reads, f"batch {i}: {_report(probe)}"

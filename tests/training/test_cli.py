@@ -84,13 +84,19 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
 
 
 @pytest.mark.slow
-# R-Mix, and a test double of a learned mixer whose state (a counter, a network and its optimizer) drives
+# R-Mix; Manifold Mixup (hooks inside the forward) with a clean loss (gradients kept from the saliency
+# pass); and a test double of a learned mixer whose state (a counter, a network and its optimizer) drives
 # every mix: the resumed run matches only if the checkpoint restores the mixer's state too.
 @pytest.mark.parametrize(
-    ("module", "method"), [("rmix_fast.train", "rmix"), ("tests.helpers.stateful_method", "stateful")]
+    ("module", "method", "extra"),
+    [
+        ("rmix_fast.train", "rmix", []),
+        ("rmix_fast.train", "manifold", ["--clean-loss-weight", "0.5"]),
+        ("tests.helpers.stateful_method", "stateful", []),
+    ],
 )
-def test_resume_after_sigkill_is_exact(tmp_path, module, method):
-    args = [*TINY, "--method", method, "--epochs", "3", "--train-size", "200"]
+def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
+    args = [*TINY, "--method", method, "--epochs", "3", "--train-size", "200", *extra]
     env = subprocess_env()
     cmd = [sys.executable, "-m", module, *args]
     subprocess.run([*cmd, "--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=300)
@@ -133,6 +139,9 @@ def test_resume_after_sigkill_is_exact(tmp_path, module, method):
         (["--mix-prob", "1.5"], "--mix-prob must lie in [0, 1]"),
         (["--lr", "0"], "--lr must be > 0"),
         (["--saliency-resolution", "0"], "--saliency-resolution must lie in (0, 1]"),
+        (["--clean-loss-weight", "-0.5"], "--clean-loss-weight must be a finite number >= 0"),
+        (["--clean-loss-weight", "inf"], "--clean-loss-weight must be a finite number >= 0"),
+        (["--method", "manifold", "--compile"], "a --compile'd model does not run"),
         (["--grids", "0"], "--grids must all be >= 1"),
         (["--scheduler", "multistep", "--epochs", "5", "--milestones", "9"], "--milestones must lie in [1"),
         (["--resume"], "--resume needs --out"),
@@ -157,6 +166,24 @@ def test_resume_checks(tmp_path, capsys):
     # Only --out given: everything else comes from the checkpoint.
     args = parse_args(["--resume", "--out", str(tmp_path / "run")])
     assert args.method == "cutmix" and args.train_size == 80
+    assert args.alpha == 1.0 and args.clean_loss_weight == 0.0
+
+    # A method's own default (Manifold Mixup's alpha 2) and the clean loss weight are the run's options too.
+    metrics = run_train(tmp_path, "manifold", "--epochs", "1", "--method", "manifold", "--clean-loss-weight", "0.5")
+    assert metrics["config"]["alpha"] == 2.0 and metrics["config"]["clean_loss_weight"] == 0.5
+    args = parse_args(["--resume", "--out", str(tmp_path / "manifold")])
+    assert args.method == "manifold" and args.alpha == 2.0 and args.clean_loss_weight == 0.5
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", "--out", str(tmp_path / "manifold"), "--clean-loss-weight", "0"])
+    assert "--clean-loss-weight 0.0 (run has 0.5)" in capsys.readouterr().err
+
+
+def test_a_method_default_yields_to_the_option_given():
+    base = ["--out", "unused"]
+    assert parse_args([*base, "--method", "manifold"]).alpha == 2.0
+    assert parse_args([*base, "--method", "manifold", "--alpha", "0.2"]).alpha == 0.2
+    assert parse_args([*base, "--method", "mixup"]).alpha == 1.0
+    assert parse_args([*base, "--method", "manifold", "--preset", "comixup"]).alpha == 2.0
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagefolder"])
@@ -172,7 +199,8 @@ def test_console_scripts_and_module_entry_points():
     help_text = subprocess.run(
         [sys.executable, "-m", "rmix_fast.train", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
-    assert "--method {vanilla,mixup,cutmix,rmix}" in help_text
+    assert "--method {vanilla,mixup,cutmix,rmix,manifold}" in help_text
+    assert "--clean-loss-weight" in help_text
     for script in ("rmix-train", "rmix-eval"):
         path = Path(sys.executable).parent / script
         if path.exists():  # installed with pip install -e .

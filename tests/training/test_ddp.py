@@ -1,4 +1,5 @@
-"""R-Mix under DistributedDataParallel with 2 CPU processes on gloo, launched with torchrun."""
+"""R-Mix, and Manifold Mixup with a clean loss, under DistributedDataParallel with 2 CPU processes on gloo,
+launched with torchrun."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # end-to-end runs
 
 
-def test_rmix_step_under_ddp_with_torchrun(tmp_path):
+def test_steps_under_ddp_with_torchrun(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     env.pop("TRITON_INTERPRET", None)
@@ -31,3 +32,9 @@ def test_rmix_step_under_ddp_with_torchrun(tmp_path):
     # the data differ per rank, the synchronised parameters do not
     assert ranks[0]["losses"] != ranks[1]["losses"]
     assert ranks[0]["checksums"] == ranks[1]["checksums"]
+    # Manifold Mixup with a clean loss: each rank's own draws and batch, gradients averaged over both losses
+    for rec in ranks:
+        assert all(rec["manifold_grads"]), "the step's gradients are not the ranks' mean of W * clean + mixed"
+        assert rec["manifold_hooks"] == [0] * 4
+    assert ranks[0]["manifold_layers"] != ranks[1]["manifold_layers"]  # the ranks drew for themselves
+    assert ranks[0]["manifold_checksums"] == ranks[1]["manifold_checksums"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rmix_fast.mixers import ManifoldMixup
 from rmix_fast.training.models import (
     MODEL_NAMES,
     CifarResNeXt,
@@ -91,6 +92,60 @@ def test_forward_is_the_linear_head_of_pooled_features(name):
     cam = model.class_activation_maps(features)
     assert cam.shape == (2, K, *FEATURES[name][1:])
     torch.testing.assert_close(cam.mean(dim=(2, 3)) + model.classifier.bias, logits, rtol=1e-4, atol=1e-4)
+
+
+# (C, h, w) of the outputs of mix_layers() (the ends of stages 1 and 2) for a 16x16 input (32x32 for resnet50)
+MIX_SHAPES = {
+    "small_cnn": [(32, 16, 16), (64, 8, 8)],
+    "preactresnet18": [(64, 16, 16), (128, 8, 8)],
+    "wrn16_8": [(128, 16, 16), (256, 8, 8)],
+    "wrn28_10": [(160, 16, 16), (320, 8, 8)],
+    "resnext29_4_24": [(256, 16, 16), (512, 8, 8)],
+    "resnet50": [(256, 8, 8), (512, 4, 4)],
+}
+
+
+def _seed_drawing_layer(layer: int) -> int:
+    """A seed whose ManifoldMixup draws ``layer`` first (with prob 1 the layer is its first draw)."""
+    return next(
+        s for s in range(100) if int(torch.randint(3, (1,), generator=torch.Generator().manual_seed(s))) == layer
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_mix_layers_end_stages_1_and_2_and_manifold_mixup_mixes_them(name):
+    model = cached_model(name)
+    layers = model.mix_layers()
+    assert len(layers) == 2 and all(any(m is sub for sub in model.modules()) for m in layers)
+    n = 32 if name == "resnet50" else 16
+    x = torch.rand(5, 3, n, n, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(5)
+    outputs: list[tuple[int, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda mod, a, out, i=i: outputs.append((i, out))) for i, m in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            plain = model(x)
+        assert [i for i, _ in outputs] == [0, 1]  # run once each, in forward order
+        assert [tuple(out.shape[1:]) for _, out in outputs] == MIX_SHAPES[name]
+        for layer in (1, 2):
+            mixer = ManifoldMixup(K, generator=torch.Generator().manual_seed(_seed_drawing_layer(layer)))
+            outputs.clear()
+            mixed: list[torch.Tensor] = []
+            with torch.no_grad(), mixer.mixing(x, y, layers=layers) as (x_in, _):
+                # added after the mixer's hook: sees the output the rest of the network continues from
+                late = layers[layer - 1].register_forward_hook(lambda mod, a, out, seen=mixed: seen.append(out))
+                logits = model(x_in)
+                late.remove()
+            p = mixer.last_params
+            assert p.layer == layer and x_in is x
+            h = outputs[layer - 1][1]
+            lam = p.lam.view(-1, 1, 1, 1)
+            torch.testing.assert_close(mixed[0], lam * h + (1 - lam) * h[p.perm])
+            moved = p.perm != torch.arange(5)  # samples mixed with another one
+            assert moved.any() and not torch.allclose(logits[moved], plain[moved])
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -49,6 +49,15 @@ def test_a_training_step_reads_nothing_back(tmp_path, method, mix_prob):
         assert not probe.reads, "\n".join(map(str, probe.reads))
 
 
+@pytest.mark.parametrize("method", ["rmix", "manifold"])
+def test_a_clean_loss_step_reads_nothing_back(tmp_path, method):
+    trainer = _trainer(tmp_path, method, "cpu", "--clean-loss-weight", "0.5")
+    for x, y in _batches(trainer, 3):
+        with HostReadProbe() as probe:
+            trainer.step(x, y)
+        assert not probe.reads, "\n".join(map(str, probe.reads))
+
+
 def test_an_epoch_reads_its_sums_back_once(tmp_path):
     trainer = _trainer(tmp_path, "rmix", "cpu")
     trainer.train_epoch(0)  # the first epoch also keeps a sample batch for the picture

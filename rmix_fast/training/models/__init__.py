@@ -2,7 +2,8 @@
 
 Every model is an ``ImageClassifier``: ``forward_features(x)`` maps (B, C, H, W) to the last feature map
 (B, F, h, w) after its final activation, and ``forward(x) = classifier(forward_features(x).mean(dim=(2, 3)))``
-with ``classifier = nn.Linear(F, num_classes)``. Build one by name with ``build_model``.
+with ``classifier = nn.Linear(F, num_classes)``; ``mix_layers()`` names the modules ending stage 1 and stage 2
+(where Manifold Mixup may mix). Build one by name with ``build_model``.
 
 | name | input | features (32x32 in) | params at 100 classes |
 | --- | --- | --- | --- |

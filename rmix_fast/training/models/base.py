@@ -8,6 +8,7 @@ class activation maps (CAM) exact: since the mean and the linear map commute,
 from __future__ import annotations
 
 import operator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,10 +39,14 @@ class ImageClassifier(nn.Module):
         in_channels: C, the number of input channels.
         num_features: F, the channel count of the last feature map (``classifier.in_features``).
         classifier: ``nn.Linear(F, K)``.
+        mix_layer_names: the submodules ending stage 1 and stage 2 (``mix_layers()``), set by each network.
     """
 
     num_features: int
     classifier: nn.Linear
+    # Names (``get_submodule`` paths) of the modules ending stage 1 and stage 2, in forward order: where
+    # Manifold Mixup may mix, besides the input.
+    mix_layer_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -55,6 +60,13 @@ class ImageClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, K) logits."""
         return self.classifier(self.forward_features(x).mean(dim=(2, 3)))
+
+    def mix_layers(self) -> list[nn.Module]:
+        """The modules whose outputs a hidden-layer mixer may mix (``ManifoldMixup``'s ``layers``): the ends of
+        stage 1 and stage 2, in forward order, each output a (B, C', H', W') feature map."""
+        if not self.mix_layer_names:
+            raise NotImplementedError(f"{type(self).__name__} must name its mixable layers (mix_layer_names)")
+        return [self.get_submodule(name) for name in self.mix_layer_names]
 
     def class_activation_maps(self, features: Tensor) -> Tensor:
         """CAM from ``forward_features`` output: (B, F, h, w) -> (B, K, h, w), without the classifier bias."""

@@ -35,6 +35,10 @@ class PixelClassifier(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.net.forward_features(self.normalize(x))
 
+    def mix_layers(self) -> list[nn.Module]:
+        """``net``'s mixable layers: a mix of normalised activations inside the network."""
+        return self.net.mix_layers()
+
     @property
     def classifier(self) -> nn.Linear:
         return self.net.classifier

@@ -54,6 +54,9 @@ class PreActResNet(ImageClassifier):
     Shapes: (B, C, H, W) -> forward_features (B, 8 * width, ceil(H / 8), ceil(W / 8)) -> forward (B, num_classes).
     """
 
+    # As Manifold Mixup's code: after the first and second residual stages.
+    mix_layer_names = ("layer1", "layer2")
+
     def __init__(
         self, num_classes: int, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64
     ) -> None:

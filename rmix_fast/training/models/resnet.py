@@ -53,6 +53,9 @@ class ResNet(ImageClassifier):
     A 224x224 input gives a 7x7 map; 64x64 gives 2x2; 32x32 gives 1x1.
     """
 
+    # After the first and second residual stages (1/4 and 1/8 of the input side).
+    mix_layer_names = ("layer1", "layer2")
+
     def __init__(self, num_classes: int, in_channels: int = 3, blocks: Sequence[int] = (3, 4, 6, 3)) -> None:
         super().__init__(num_classes, in_channels)
         if len(blocks) != 4:

@@ -45,6 +45,9 @@ class CifarResNeXt(ImageClassifier):
     Shapes: (B, C, H, W) -> forward_features (B, 1024, ceil(H / 4), ceil(W / 4)) -> forward (B, num_classes).
     """
 
+    # After the first and second residual stages, as for the PreAct ResNet and WRN.
+    mix_layer_names = ("layer1", "layer2")
+
     def __init__(
         self,
         num_classes: int,

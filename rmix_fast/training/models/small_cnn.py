@@ -23,6 +23,9 @@ class SmallCNN(ImageClassifier):
     Shapes: (B, C, H, W) -> forward_features (B, 128, H // 4, W // 4) -> forward (B, num_classes).
     """
 
+    # The conv blocks at 1/1 and 1/2 resolution, before the pools that start the next stage.
+    mix_layer_names = ("features.0", "features.2")
+
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__(num_classes, in_channels)
         w1, w2, w3 = widths

@@ -23,6 +23,9 @@ class WideResNet(ImageClassifier):
     -> forward (B, num_classes).
     """
 
+    # As Manifold Mixup's code: after the first and second residual stages.
+    mix_layer_names = ("layer1", "layer2")
+
     def __init__(
         self, num_classes: int, in_channels: int = 3, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
     ) -> None:

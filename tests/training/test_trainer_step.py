@@ -1,0 +1,95 @@
+"""``Trainer.step`` against the step written out by hand with autograd: every method's step without a clean
+loss (the mixer around the forward, Manifold Mixup's hook gone afterwards), and with ``--clean-loss-weight
+W`` the parameter gradient is ``W * d clean_loss + d mixed_loss``, with R-Mix's saliency from the same
+backward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor
+
+from rmix_fast.mixers import Mixer, soft_targets
+from rmix_fast.saliency import input_gradient
+from rmix_fast.training.batches import iterate_batches, to_pixels
+from rmix_fast.training.methods import METHODS
+from rmix_fast.training.options import parse_args
+from rmix_fast.training.trainer import Trainer
+
+# One batch of 20 16-pixel images (the shapes dataset needs no files).
+TINY = ["--dataset", "shapes", "--model", "small_cnn", "--image-size", "16", "--train-size", "40",
+        "--test-size", "20", "--batch-size", "20", "--epochs", "1", "--no-progress", "--grids", "4"]  # fmt: skip
+SEED = 5  # Manifold Mixup's first draw: the output of stage 2, a hidden layer
+
+
+def _setup(tmp_path, method: str, *extra: str) -> tuple[Trainer, torch.nn.Module, Mixer | None, Tensor, Tensor]:
+    """A trainer, a copy of its model, a second mixer with the same draws, and a batch."""
+    args = parse_args([*TINY, "--method", method, "--device", "cpu", "--out", str(tmp_path / method), *extra])
+    trainer = Trainer(args)
+    trainer.start_fresh()
+    twin_mixer = METHODS[method].build(args, trainer.num_classes)
+    if trainer.mixer is not None:
+        trainer.mixer.generator = torch.Generator().manual_seed(SEED)
+        twin_mixer.generator = torch.Generator().manual_seed(SEED)
+    xb, yb, _ = next(iter(iterate_batches(trainer.train_set, trainer._batches(0)[:1], device=trainer.device)))
+    x = to_pixels(xb, augment=True, generator=torch.Generator().manual_seed(0))
+    return trainer, copy.deepcopy(trainer.model), twin_mixer, x, yb
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", tuple(METHODS))
+def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method):
+    trainer, twin, mixer, x, y = _setup(tmp_path, method)
+    assert trainer.args.clean_loss_weight == 0
+    loss, _, x_mix, grad = trainer.step(x, y)
+    assert _hooks(trainer.model) == 0
+    if method == "manifold":
+        assert trainer.mixer.last_params.layer == 2 and torch.equal(x_mix, x)
+
+    # the step as written before the clean loss existed: saliency pass, mix, loss, backward
+    want_grad = input_gradient(twin, x, y) if mixer is not None and mixer.needs_grad else None
+    if mixer is None:
+        want_x, y_soft = x, soft_targets(y, trainer.num_classes)
+        logits = twin(want_x)
+    else:
+        with mixer.mixing(x, y, want_grad, layers=twin.mix_layers()) as (want_x, y_soft):
+            logits = twin(want_x)
+    want_loss = trainer.criterion(logits, y_soft)
+    want_loss.backward()
+    assert torch.equal(loss, want_loss.detach()) and torch.equal(x_mix, want_x)
+    assert (grad is None) == (want_grad is None) and (grad is None or torch.equal(grad, want_grad))
+    for p, q in zip(trainer.model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+
+
+@pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold"])
+def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
+    W = 0.3
+    trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", str(W), "--label-smoothing", "0.1")
+    loss, _, _, grad = trainer.step(x, y)
+    assert method != "manifold" or trainer.mixer.last_params.layer == 2
+
+    params = list(twin.parameters())
+    t = soft_targets(y, trainer.num_classes, 0.1)  # the step's own targets, unmixed
+    xr = x.clone().requires_grad_(True)
+    *clean, dx = torch.autograd.grad(W * trainer.criterion(twin(xr), t), [*params, xr])
+    if mixer is None:
+        assert grad is None
+        logits, y_soft = twin(x), t
+    else:
+        if mixer.needs_grad:
+            assert torch.equal(grad, dx)  # the saliency comes from the clean loss's backward
+        else:
+            assert grad is None
+        with mixer.mixing(x, y, dx, layers=twin.mix_layers()) as (x_in, y_soft):
+            logits = twin(x_in)
+    mixed_loss = trainer.criterion(logits, y_soft)
+    mixed = torch.autograd.grad(mixed_loss, params)
+    assert torch.equal(loss, mixed_loss.detach())  # the logged loss is the mixed batch's
+    for p, c, m in zip(trainer.model.parameters(), clean, mixed, strict=True):
+        assert torch.equal(p.grad, c + m)
