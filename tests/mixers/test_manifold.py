@@ -218,6 +218,7 @@ def test_lam_is_beta_2_2_by_default():
     assert abs(float(lams.var()) - 0.05) < 0.008  # Beta(1, 1) would give 1/12
 
 
+@pytest.mark.slow  # gradcheck through a network: seconds each
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_gradients_reach_both_partners(layer):
     x, y, _ = batch(B=3, H=6, W=6)

@@ -112,7 +112,9 @@ def _seed_drawing_layer(layer: int) -> int:
     )
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize(
+    "name", [n if n == "small_cnn" else pytest.param(n, marks=pytest.mark.slow) for n in MODEL_NAMES]
+)  # the large networks take seconds each: the slow tier
 def test_mix_layers_end_stages_1_and_2_and_manifold_mixup_mixes_them(name):
     model = cached_model(name)
     layers = model.mix_layers()
