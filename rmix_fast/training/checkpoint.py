@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "load_checkpoint", "load_run", "save_checkpoint"]
 
 
 def _sync_folder(folder: Path) -> None:
@@ -71,3 +71,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"{path} is not an rmix-train checkpoint (expected a dict with 'model' and 'epoch')")
     return state
+
+
+def load_run(path: str | os.PathLike[str], prog: str, file_name: str) -> tuple[Path, dict[str, Any]]:
+    """A run's checkpoint from its folder (its ``file_name`` there) or the file itself: (file, state). A
+    missing or unreadable one exits with ``prog: <reason>``, as a command-line tool should."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / file_name
+    try:
+        return file, load_checkpoint(file)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{prog}: {e}") from e

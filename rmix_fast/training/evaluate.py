@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from rmix_fast.training.checkpoint import atomic_write_json, load_checkpoint
+from rmix_fast.training.checkpoint import atomic_write_json, load_run
 from rmix_fast.training.data import build_dataset
 from rmix_fast.training.evaluation import evaluate_model, print_results, write_plots
 from rmix_fast.training.models import PixelClassifier, build_model
@@ -44,13 +44,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    try:
-        state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"rmix-eval: {e}") from e
+    path, state = load_run(args.checkpoint, "rmix-eval", CHECKPOINT)
     cfg = state["config"]
     device = default_device(args.device)
     dataset = build_dataset(

@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from torch import nn
 
 from rmix_fast.mixers import CutMix, Mixer, Mixup, RMix
-from rmix_fast.training.checkpoint import atomic_write_json, load_checkpoint
+from rmix_fast.training.checkpoint import atomic_write_json, load_run
 from rmix_fast.training.data.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_dataset
 from rmix_fast.training.metrics.label_evidence import HIDDEN_VISIBILITY, label_evidence
 from rmix_fast.training.models import PixelClassifier, build_model
@@ -93,13 +92,7 @@ def _mixer(kind: str, args: argparse.Namespace, num_classes: int) -> Mixer:
 def _load_run(path_arg: str) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of an rmix-train shapes run (train mode: rmix-train's saliency pass runs so) and
     its config."""
-    path = Path(path_arg)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    try:
-        state = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"evidence: {e}") from e
+    path, state = load_run(path_arg, "evidence", CHECKPOINT)
     cfg = state["config"]
     if cfg.get("dataset") != "shapes":
         raise SystemExit(f"evidence: {path} is a {cfg.get('dataset')!r} run; only shapes has object masks")
