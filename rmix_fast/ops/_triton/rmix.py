@@ -26,7 +26,6 @@ from rmix_fast.ops._dtypes import accumulate_dtype
 from rmix_fast.ops._triton._launch import (
     TL_DTYPE,
     Launch,
-    as_index,
     as_levels,
     device_guard,
     needs_wide_offsets,
@@ -230,7 +229,7 @@ def rmix_forward(
     p = grid
     with device_guard(x):
         mask = saliency_mask(grad, q, p)
-        mixed, lam_eff = launch_blend(x, mask, as_index(perm), lam, p, p, from_mask=True)
+        mixed, lam_eff = launch_blend(x, mask, perm, lam, p, p, from_mask=True)
     return mixed, lam_eff, mask.view(torch.bool).view(B, p, p)
 
 
