@@ -158,9 +158,14 @@ class RunState:
     state: str
     metrics: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
+    checkpoint_epochs: int | None = None  # epochs the checkpoint holds, when it was read
 
     @property
     def epochs_done(self) -> int:
+        # The checkpoint is what --resume continues from; metrics.json, written after it, may lag by one
+        # epoch when the run was killed between the two writes.
+        if self.checkpoint_epochs is not None:
+            return self.checkpoint_epochs
         return len(self.metrics["history"]) if self.metrics else 0
 
 
@@ -179,12 +184,15 @@ def inspect_run(path: Path, read_config: bool = True) -> RunState:
         return RunState(path, COMPLETE, metrics, metrics.get("config"))
     if (path / CHECKPOINT).is_file():
         # metrics.json follows each checkpoint and holds the same config; a kill between the two writes
-        # leaves only the checkpoint to read it from.
+        # leaves it one epoch behind (or absent), so the checkpoint is read for its epoch and config.
         config = metrics.get("config") if metrics else None
-        if config is None and read_config:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                config = load_checkpoint(path / CHECKPOINT)["config"]
-        return RunState(path, CHECKPOINTED, metrics, config)
+        epochs = None
+        if read_config:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                state = load_checkpoint(path / CHECKPOINT)
+                epochs = int(state["epoch"]) + 1
+                config = state.get("config", config)
+        return RunState(path, CHECKPOINTED, metrics, config, epochs)
     return RunState(path, PARTIAL if path.exists() else ABSENT, metrics, None)
 
 

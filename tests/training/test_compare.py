@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from rmix_fast.training import compare
-from rmix_fast.training.checkpoint import load_checkpoint
+from rmix_fast.training.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 # The protocol of the end-to-end runs: 2 steps of 32 images, 32 test images, no FGSM pass.
@@ -249,6 +249,23 @@ def test_each_folder_is_skipped_resumed_restarted_or_started(tmp_path: Path) -> 
     plan = compare.plan_runs(out, specs, [0, 1], common)
     assert plan.clashes == [f"{out / 'r' / 'seed0'} was run with --grids [4] (asked: [2])"]
     assert ("r", 0) not in {(j.label, j.seed) for j in plan.jobs}
+
+
+def test_the_epochs_done_come_from_the_checkpoint_when_metrics_lag(tmp_path: Path) -> None:
+    # A kill between the checkpoint write and the metrics.json write leaves metrics.json one epoch behind;
+    # --resume continues from the checkpoint, so the plan reports the checkpoint's epoch.
+    out = tmp_path / "cmp"
+    spec = compare.parse_spec("vanilla")
+    common = TINY[:4]
+    path = out / "vanilla" / "seed0"
+    config = compare.expected_config(compare.run_argv(spec, common, 0, path))
+    write_run(path, None, [(1.0, 1.0, 1.0, 1.0)], config)
+    save_checkpoint(path / "checkpoint.pt", {"model": {}, "epoch": 1, "config": config})
+    (job,) = compare.plan_runs(out, [spec], [0], common).jobs
+    assert job.action == "resume after epoch 2"
+    (path / "metrics.json").unlink()  # killed before the first metrics.json: the checkpoint alone
+    (job,) = compare.plan_runs(out, [spec], [0], common).jobs
+    assert job.action == "resume after epoch 2"
 
 
 def test_a_clash_stops_the_comparison_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
