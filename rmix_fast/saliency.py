@@ -81,7 +81,8 @@ def input_gradient(
     batchnorm: str = "update",
     resolution: float = 1.0,
     loss_scale: float | None = None,
-) -> Tensor:
+    return_logits: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Gradient of the loss w.r.t. the input images: R-Mix's saliency signal.
 
     Args:
@@ -97,12 +98,14 @@ def input_gradient(
             nearest-neighbour upsampling. The model must accept the smaller input.
         loss_scale: multiplies the loss for the backward and divides the gradient afterwards. Default: 1,
             or ``FP16_LOSS_SCALE`` under float16 autocast, where small gradients would underflow.
+        return_logits: also return the pass's (B, K) logits, detached (RL-Mix's observation).
 
     Runs under the caller's autocast, if any. Gradients that still over- or underflow are harmless to
     the mixers: the op treats a sample with non-finite saliency as uniform (plain mixup), never NaN.
 
     Returns:
         (B, C, H, W) gradient in x's dtype, shape and memory format; detached. Parameters' ``.grad`` are untouched.
+        With ``return_logits``: ``(grad, logits)``.
     """
     _check_pass(model, x, y, batchnorm, resolution)
     if loss_scale is None:
@@ -113,11 +116,13 @@ def input_gradient(
     net = unwrap_model(model)
     with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
         seen = _pass_input(x, resolution).requires_grad_(True)
-        loss = _scalar_loss(loss_fn, net(seen), y)
+        logits = net(seen)
+        loss = _scalar_loss(loss_fn, logits, y)
         (grad,) = torch.autograd.grad(loss * loss_scale if loss_scale != 1 else loss, seen)
     if loss_scale != 1:
         grad = grad / loss_scale
-    return _as_input_gradient(grad, x)
+    grad = _as_input_gradient(grad, x)
+    return (grad, logits.detach()) if return_logits else grad
 
 
 def clean_loss_backward(
@@ -131,7 +136,8 @@ def clean_loss_backward(
     resolution: float = 1.0,
     input_grad: bool = True,
     scale_loss: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Tensor | None, Tensor]:
+    return_logits: bool = False,
+) -> tuple[Tensor | None, Tensor] | tuple[Tensor | None, Tensor, Tensor]:
     """The clean batch as a training signal and, from the same backward, the saliency.
 
     One forward of the clean batch and one backward of ``weight * loss_fn(model(x), y)``: every parameter's
@@ -147,6 +153,7 @@ def clean_loss_backward(
         scale_loss: applied to ``weight * loss`` before the backward: a ``torch.amp.GradScaler``'s ``scale``,
             so that the parameter gradients carry the same scale as the step's own scaled loss. Default:
             none (under float16 autocast, pass the scaler's, or small gradients underflow).
+        return_logits: also return the pass's (B, K) logits, detached.
 
     A ``DistributedDataParallel`` model is run through its ``.module``, as ``input_gradient`` does: the
     parameter gradients accumulate on this rank only, like gradients accumulated under ``no_sync()``, and
@@ -158,7 +165,8 @@ def clean_loss_backward(
         detached, unweighted clean loss. The input gradient is that of the loss the backward ran,
         ``scale_loss(weight * loss)``: a positive multiple (weight, times a ``GradScaler``'s scale) of
         d loss / dx. The mixers use a saliency only up to a positive factor (R-Mix's mask is scale-invariant),
-        so they build the same mixes from it as from ``input_gradient``'s, up to rounding.
+        so they build the same mixes from it as from ``input_gradient``'s, up to rounding. With
+        ``return_logits``: ``(grad, loss, logits)``.
     """
     _check_pass(model, x, y, batchnorm, resolution)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
@@ -166,11 +174,12 @@ def clean_loss_backward(
     net = unwrap_model(model)
     with torch.enable_grad(), _batchnorm_mode(net, batchnorm):
         seen = _pass_input(x, resolution).requires_grad_(input_grad)
-        loss = _scalar_loss(loss_fn, net(seen), y)
+        logits = net(seen)
+        loss = _scalar_loss(loss_fn, logits, y)
         total = loss * weight
         (scale_loss(total) if scale_loss is not None else total).backward()
     grad = _as_input_gradient(seen.grad, x) if input_grad else None
-    return grad, loss.detach()
+    return (grad, loss.detach(), logits.detach()) if return_logits else (grad, loss.detach())
 
 
 def _check_pass(model: nn.Module, x: Tensor, y: Tensor, batchnorm: str, resolution: float) -> None:

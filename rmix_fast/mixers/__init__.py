@@ -7,13 +7,15 @@ saliency (``rmix``, which fuses the saliency and threshold steps in front of the
 by the op's ``lam_eff``, the exact share of each sample's own pixels. What was drawn for the last batch is
 in ``mixer.last_params``. Manifold Mixup mixes hidden activations with the same engine, inside the model's
 forward: every mixer also has ``with mixer.mixing(x, y, grad, layers=...) as (x_in, y_soft)`` around the
-forward, which a loop can use for every method alike.
+forward, which a loop can use for every method alike. RL-Mix is R-Mix with a learned level per sample: its
+agent is the mixer's state, and it reads the training backward's gradient (``mixer.after_backward()``).
 """
 
 from rmix_fast.mixers.base import Mixer, MixParams, RegionMixer, soft_targets
 from rmix_fast.mixers.cutmix import CutMix
 from rmix_fast.mixers.manifold import ManifoldMixup
 from rmix_fast.mixers.mixup import Mixup
+from rmix_fast.mixers.rlmix import RLMix
 from rmix_fast.mixers.rmix import RMix
 
-__all__ = ["CutMix", "ManifoldMixup", "MixParams", "Mixer", "Mixup", "RMix", "RegionMixer", "soft_targets"]
+__all__ = ["CutMix", "ManifoldMixup", "MixParams", "Mixer", "Mixup", "RLMix", "RMix", "RegionMixer", "soft_targets"]

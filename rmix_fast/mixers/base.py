@@ -39,6 +39,7 @@ class MixParams:
     box: Tensor | None = None  # CutMix: (B, 4) int64 rows [y0, y1) and columns [x0, x1) taken from the partner
     regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
     layer: int | None = None  # Manifold Mixup: 0 for the input, k for the output of the k-th mixable layer
+    actions: Tensor | None = None  # RL-Mix: (B,) int64 level index each sample's q was chosen as
 
     def region_map(self) -> Tensor | None:
         """(B, gh, gw) int8 codes of how each cell of each mixed image was made (``BLEND``, ``OWN``,
@@ -119,6 +120,7 @@ class Mixer(nn.Module):
     """
 
     needs_grad: ClassVar[bool] = False
+    needs_logits: ClassVar[bool] = False  # the clean pass's (B, K) logits too (RL-Mix's observation)
 
     def __init__(
         self,
@@ -147,10 +149,13 @@ class Mixer(nn.Module):
         self.backend = backend
         self.last_params: MixParams | None = None
 
-    def forward(self, x: Tensor, y: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, logits: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(B, C, H, W) images, (B,) labels or (B, K) soft targets [, (B, C, H, W) input gradient] ->
-        (mixed images like x, (B, num_classes) float32 soft targets)."""
-        targets = self.prepare_targets(x, y, grad)
+        (mixed images like x, (B, num_classes) float32 soft targets). ``logits``: the clean pass's, for a
+        method that ``needs_logits`` (others ignore them)."""
+        targets = self.prepare_targets(x, y, grad, logits)
         if not self.draw_applied():
             self.last_params = MixParams(applied=False)
             return x, targets
@@ -160,7 +165,13 @@ class Mixer(nn.Module):
 
     @contextmanager
     def mixing(
-        self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, layers: Sequence[nn.Module] = ()
+        self,
+        x: Tensor,
+        y: Tensor,
+        grad: Tensor | None = None,
+        *,
+        layers: Sequence[nn.Module] = (),
+        logits: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """The mix of one forward pass, the same call for every mixer:
 
@@ -171,9 +182,9 @@ class Mixer(nn.Module):
         ``layers``. A mixer of hidden activations (``ManifoldMixup``) hands back ``x`` itself and mixes the
         output of one of ``layers`` (modules run by ``model``'s forward) inside the block instead, removing
         its hook on leaving the block, also when the forward raises."""
-        yield self(x, y, grad)
+        yield self(x, y, grad, logits=logits)
 
-    def prepare_targets(self, x: Tensor, y: Tensor, grad: Tensor | None) -> Tensor:
+    def prepare_targets(self, x: Tensor, y: Tensor, grad: Tensor | None, logits: Tensor | None = None) -> Tensor:
         """Checks the call's arguments; returns y as (B, num_classes) float32 smoothed targets on x's device."""
         if not isinstance(x, Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a 4-D tensor (B, C, H, W), got {x!r:.80}")
@@ -181,6 +192,12 @@ class Mixer(nn.Module):
             raise ValueError(f"y must have x's batch size {x.shape[0]}, got shape {tuple(y.shape)}")
         if self.needs_grad and grad is None:
             raise ValueError(f"{type(self).__name__} needs grad: pass rmix_fast.input_gradient(model, x, y)")
+        if self.needs_logits and (not isinstance(logits, Tensor) or logits.shape != (x.shape[0], self.num_classes)):
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"{type(self).__name__} needs logits=(B, {self.num_classes}) clean logits "
+                f"(rmix_fast.input_gradient(..., return_logits=True)), got {got}"
+            )
         return soft_targets(y, self.num_classes, self.label_smoothing).to(x.device)
 
     def draw_applied(self) -> bool:
@@ -202,6 +219,21 @@ class Mixer(nn.Module):
         """(B,) float32 lam ~ Beta(alpha, alpha): one per batch, repeated, or one per sample."""
         lam = sample_beta(self.alpha, batch if self.per_sample_lam else 1, self.generator)
         return lam.to(torch.float32).expand(batch).contiguous()
+
+    # -- a training loop's hooks, for a learned mixer (no-ops here) -----------------------------------
+    def after_backward(self) -> None:
+        """Called once the step's loss has run its backward (before the next call): a learned mixer reads
+        what it needs from the step's gradients."""
+
+    def end_epoch(self) -> None:
+        """Called after an epoch's last step."""
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """The run's number of training steps, for a mixer with a schedule."""
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Numbers about the epoch just ended, for its log row (may wait for the device: once an epoch)."""
+        return {}
 
     def saliency_map(self, grad: Tensor, params: MixParams) -> Tensor | None:
         """The (B, h, w) saliency the method's regions were built from, for pictures; None without one."""

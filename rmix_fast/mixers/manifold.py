@@ -48,14 +48,22 @@ class ManifoldMixup(Mixer):
     def __init__(self, num_classes: int, *, alpha: float = 2.0, **common: Any) -> None:
         super().__init__(num_classes, alpha=alpha, **common)
 
-    def forward(self, x: Tensor, y: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, logits: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Mixup at the input (the only layer without ``layers``): ``x_mix, y_soft`` like every mixer."""
         with self.mixing(x, y, grad) as mixed:
             return mixed
 
     @contextmanager
     def mixing(
-        self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, layers: Sequence[nn.Module] = ()
+        self,
+        x: Tensor,
+        y: Tensor,
+        grad: Tensor | None = None,
+        *,
+        layers: Sequence[nn.Module] = (),
+        logits: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields ``(x_in, y_soft)``: the mixed images when the input was drawn, else ``x`` itself, with a
         one-shot hook on the drawn layer that mixes its output in the block's forward. The hook is removed

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from rmix_fast.mixers.base import Mixer, MixParams
 from rmix_fast.ops import rmix, saliency_grid
-from rmix_fast.sampling import check_grids, check_levels, sample_rmix_params
+from rmix_fast.sampling import RMixParams, check_grids, check_levels, sample_rmix_params
 
 __all__ = ["RMix"]
 
@@ -47,11 +47,15 @@ class RMix(Mixer):
         self.levels = check_levels(levels)
 
     def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
+        return self.blend(x, grad, self.draw_params(x))
+
+    def draw_params(self, x: Tensor) -> RMixParams:
+        """One batch's draw (p, lam, q, perm) on x's device, the grids checked against x's size."""
         B, _, H, W = x.shape
         bad = [p for p in self.grids if H % p or W % p]
         if bad:
             raise ValueError(f"grids {bad} do not divide the image size H={H}, W={W} (grids={self.grids})")
-        p = sample_rmix_params(
+        return sample_rmix_params(
             B,
             alpha=self.alpha,
             grids=self.grids,
@@ -60,6 +64,9 @@ class RMix(Mixer):
             generator=self.generator,
             device=x.device,
         )
+
+    def blend(self, x: Tensor, grad: Tensor, p: RMixParams) -> tuple[Tensor, MixParams]:
+        """``rmix`` with the draw ``p``."""
         # the sampler's draws are valid by construction: skip the content checks and their sync
         mixed, lam_eff, mask = rmix(
             x, grad.detach(), perm=p.perm, lam=p.lam, q=p.q, grid=p.grid, backend=self.backend,

@@ -33,6 +33,14 @@ class DistEnv:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def gather_objects(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (picklable; CPU tensors), in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from rmix_fast.mixers import CutMix, ManifoldMixup, Mixer, Mixup, RMix
+from rmix_fast.mixers import CutMix, ManifoldMixup, Mixer, Mixup, RLMix, RMix
+from rmix_fast.rl import POLICIES, PPOConfig
 
 __all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method"]
 
@@ -109,5 +110,75 @@ register_method(
         lambda args, k: ManifoldMixup(k, **mixer_options(args)),
         check=_check_manifold,
         defaults={"alpha": 2.0},  # the authors' CIFAR setting, as in the tables R-Mix copies
+    )
+)
+
+
+# RL-Mix's agent: PPO's settings by option name (stable-baselines3's defaults, the authors' rollout sizes).
+_AGENT_OPTIONS = {
+    "agent_steps": ("n_steps", int, "training steps per PPO rollout (the authors': 1000)"),
+    "agent_minibatch": ("minibatch", int, "steps per PPO minibatch (the authors': 250)"),
+    "agent_epochs": ("epochs", int, "passes over a rollout per PPO update"),
+    "agent_lr": ("lr", float, "the agent's Adam learning rate (ours: the authors' value is undefined in their code)"),
+    "agent_lr_power": ("lr_power", float, "the agent's lr decays as lr * (remaining fraction of the run) ** power"),
+    "agent_gamma": ("gamma", float, "discount"),
+    "agent_gae_lambda": ("gae_lambda", float, "GAE lambda"),
+    "agent_clip": ("clip", float, "PPO's clip range"),
+    "agent_ent_coef": ("ent_coef", float, "entropy bonus weight"),
+    "agent_vf_coef": ("vf_coef", float, "value loss weight"),
+    "agent_max_grad_norm": ("max_grad_norm", float, "the agent's gradient-norm clip"),
+}
+
+
+def ppo_config(args: argparse.Namespace) -> PPOConfig:
+    """The agent's PPO settings from the ``--agent-*`` options."""
+    return PPOConfig(**{field: getattr(args, option) for option, (field, _, _) in _AGENT_OPTIONS.items()})
+
+
+def _rlmix_options(add: OptionAdder) -> None:
+    add("--obs-grid", type=int, default=8, help="the agent observes each sample's saliency pooled to N x N")
+    add(
+        "--agent-policy",
+        choices=POLICIES,
+        default="sample",
+        help="sample: one network per sample (any batch size); batch-channels: the authors' (fixed batch size)",
+    )
+    defaults = PPOConfig()
+    for option, (field_name, kind, help_text) in _AGENT_OPTIONS.items():
+        add(f"--{option.replace('_', '-')}", type=kind, default=getattr(defaults, field_name), help=help_text)
+
+
+def _check_rlmix(args: argparse.Namespace, error: OptionError) -> None:
+    try:
+        ppo_config(args)
+    except ValueError as e:
+        error(f"--agent-*: {e}")
+    if args.obs_grid < 1:
+        error(f"--obs-grid must be >= 1, got {args.obs_grid}")
+    if args.method == "rlmix" and args.agent_policy == "batch-channels" and args.obs_grid < 3:
+        error(f"--agent-policy batch-channels needs --obs-grid >= 3, got {args.obs_grid}")
+
+
+def _build_rlmix(args: argparse.Namespace, num_classes: int) -> RLMix:
+    return RLMix(
+        num_classes,
+        grids=tuple(args.grids),
+        levels=args.levels,
+        obs_grid=args.obs_grid,
+        policy=args.agent_policy,
+        batch=args.batch_size,
+        ppo=ppo_config(args),
+        **mixer_options(args),
+    )
+
+
+register_method(
+    Method(
+        "rlmix",
+        "RL-Mix (Luu et al. 2023): R-Mix with each sample's percentile level chosen by a PPO agent "
+        "(--grids and --levels as R-Mix)",
+        _build_rlmix,
+        add_options=_rlmix_options,
+        check=_check_rlmix,
     )
 )

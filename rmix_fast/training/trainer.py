@@ -52,6 +52,17 @@ def _make_scheduler(
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.gamma)
 
 
+def _to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return type(value)((k, _to_cpu(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
 class Trainer:
     """Everything one run holds; ``fit()`` runs the remaining epochs and the final evaluation."""
 
@@ -90,6 +101,7 @@ class Trainer:
         self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
         if self.mixer is not None:
             self.mixer.to(self.device)
+            self.mixer.set_total_steps(args.epochs * self.steps_per_epoch)
         # where a mixer of hidden activations may mix (the network's stage ends); image mixers ignore them
         self.mix_layers = self.model.mix_layers()
         self.criterion = LOSSES[args.loss]()
@@ -119,13 +131,20 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.mixer is not None:
-            self.mixer.load_state_dict(state.get("mixer", {}))
+            # every rank its own state where the checkpoint has one per rank (a learned mixer's rollout)
+            per_rank = state.get("mixer_ranks")
+            own = per_rank[self.env.rank] if per_rank and len(per_rank) == self.env.world_size else None
+            self.mixer.load_state_dict(own if own is not None else state.get("mixer", {}))
         self.history = state["history"]
         self.start_epoch = state["epoch"] + 1
         torch.set_rng_state(state["rng"]["torch"])
         self.run.log(f"resumed from {self.run.checkpoint} after epoch {state['epoch'] + 1}/{self.args.epochs}")
 
     def save(self, epoch: int) -> None:
+        mixer_state = self.mixer.state_dict() if self.mixer is not None else {}
+        # Under torchrun a learned mixer's state may differ per rank (RL-Mix: one policy, but each rank's own
+        # rollout of its own batches): rank 0 keeps every rank's, so each resumes its own.
+        mixer_ranks = self.env.gather_objects(_to_cpu(mixer_state)) if self.env.active and mixer_state else None
         self.run.save_checkpoint(
             {
                 "epoch": epoch,
@@ -133,7 +152,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "mixer": self.mixer.state_dict() if self.mixer is not None else {},
+                "mixer": mixer_state,
+                "mixer_ranks": mixer_ranks,
                 "history": self.history,
                 "config": self.config(),
                 "rng": {"torch": torch.get_rng_state()},
@@ -179,12 +199,13 @@ class Trainer:
         the mixed loss's backward to add to, and gives the input gradient (a positive multiple of the clean
         loss's, which the mixers use only up to scale) for a method that needs one."""
         a = self.args
-        grad = None
+        grad = clean_logits = None
         needs_grad = self.mixer is not None and self.mixer.needs_grad
+        needs_logits = self.mixer is not None and self.mixer.needs_logits
         self.optimizer.zero_grad(set_to_none=True)  # before the clean pass, whose gradients are kept
         with amp_autocast(a.amp, self.device):
             if a.clean_loss_weight > 0:
-                grad, _ = clean_loss_backward(
+                grad, _, clean_logits = clean_loss_backward(
                     self.forward_model,
                     x,
                     soft_targets(y, self.num_classes, a.label_smoothing),
@@ -194,20 +215,29 @@ class Trainer:
                     resolution=a.saliency_resolution,
                     input_grad=needs_grad,
                     scale_loss=self.scaler.scale,
+                    return_logits=True,
                 )
             elif needs_grad:
-                grad = input_gradient(
-                    self.forward_model, x, y, batchnorm=a.saliency_batchnorm, resolution=a.saliency_resolution
+                grad, clean_logits = input_gradient(
+                    self.forward_model,
+                    x,
+                    y,
+                    batchnorm=a.saliency_batchnorm,
+                    resolution=a.saliency_resolution,
+                    return_logits=True,
                 )
             # Every mixer wraps the forward: images mixed before it, or hidden activations inside it.
             if self.mixer is None:
                 mixing = nullcontext((x, soft_targets(y, self.num_classes, a.label_smoothing)))
             else:
-                mixing = self.mixer.mixing(x, y, grad, layers=self.mix_layers)
+                observed = clean_logits if needs_logits else None
+                mixing = self.mixer.mixing(x, y, grad, layers=self.mix_layers, logits=observed)
             with mixing as (x_mix, y_soft):
                 logits = self.forward_model(x_mix)
             loss = self.criterion(logits, y_soft)
         self.scaler.scale(loss).backward()
+        if self.mixer is not None:
+            self.mixer.after_backward()  # a learned mixer reads the step's gradients (RL-Mix's reward)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used, for the log
@@ -273,6 +303,8 @@ class Trainer:
                 loss_sum, correct_sum = sums.tolist()
                 bar.update(step + 1, seen * env.world_size, loss=loss_sum / seen, acc=100 * correct_sum / seen)
         bar.close()
+        if self.mixer is not None:
+            self.mixer.end_epoch()
         totals = torch.cat([sums, sums.new_full((1,), seen)])  # loss * B, correct, B (a fill: no copy)
         env.all_reduce_sum(totals)
         loss_sum, correct_sum, count = totals.tolist()
@@ -282,6 +314,7 @@ class Trainer:
             "train_top1": 100 * correct_sum / count,
             "images_per_s": count / seconds,
             "seconds": seconds,
+            **(self.mixer.epoch_stats() if self.mixer is not None else {}),  # rank 0's, for a learned mixer
         }
 
     def evaluate(self, full: bool) -> dict[str, Any]:
@@ -325,6 +358,7 @@ class Trainer:
                 f"epoch {epoch + 1}/{a.epochs}  train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f}%  "
                 f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.2f}%  lr {row['lr']:.4g}  "
                 f"{row['images_per_s']:.0f} img/s  {format_duration(row['seconds'])}"
+                + (f"  agent reward {row['rl_reward']:.3f} mean q {row['rl_mean_q']:.3f}" if "rl_reward" in row else "")
             )
             if epoch == 0 and self.sample is not None:
                 self._write_sample_picture()
