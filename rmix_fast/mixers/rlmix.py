@@ -32,13 +32,17 @@ class RLMix(RMix):
             ``RMix`` (the mask's grid p is still drawn from ``grids`` per batch, as in the authors' code).
         obs_grid: the observation's pooled saliency is obs_grid x obs_grid (the authors': 8).
         policy: "sample" (``SamplePolicy``: one network per sample, any batch size), "batch-channels" (the
-            authors' network; needs ``batch``) or an actor-critic module of that interface.
+            authors' network; needs ``batch``) or an actor-critic module of that interface. A policy built
+            here is initialised from ``generator`` (else the global RNG).
         batch: the fixed batch size of the "batch-channels" policy.
         ppo: PPO's settings (``PPOConfig``; default: stable-baselines3's and the authors').
         learn: False: the policy acts but nothing is recorded or learned (a trained policy, frozen).
 
     The mixed images returned require grad (a leaf, or with ``retain_grad`` when x itself requires grad), so
-    the training backward leaves their gradient for the reward at no extra pass.
+    the training backward leaves their gradient for the reward at no extra pass. A mix that no backward
+    reached by the next call (an evaluation, a skipped step) is dropped from the rollout; one whose backward
+    ran without ``after_backward`` is a wiring error (``RuntimeError``). Under ``torch.no_grad()`` or with
+    ``learn=False`` the policy acts and nothing is recorded.
     """
 
     needs_logits = True
@@ -68,11 +72,11 @@ class RLMix(RMix):
             raise ValueError(f"obs_grid must be an int >= 1, got {obs_grid!r}")
         self.obs_grid = obs_grid
         if policy == "sample":
-            policy = SamplePolicy(num_classes, levels, obs_grid)
+            policy = SamplePolicy(num_classes, levels, obs_grid, generator=generator)
         elif policy == "batch-channels":
             if batch is None:
                 raise ValueError("policy='batch-channels' (the authors' network) needs the fixed batch size: batch=B")
-            policy = BatchChannelsPolicy(batch, num_classes, levels, obs_grid)
+            policy = BatchChannelsPolicy(batch, num_classes, levels, obs_grid, generator=generator)
         elif not isinstance(policy, nn.Module):
             raise ValueError(f"policy must be 'sample', 'batch-channels' or an nn.Module, got {policy!r}")
         self.agent = PPOAgent(policy, ppo)
@@ -81,14 +85,22 @@ class RLMix(RMix):
         self._logits: Tensor | None = None
         self._pending: tuple[Observation, Tensor] | None = None
         self._sums: Tensor | None = None  # reward, mean q, steps of the epoch, on the device
+        self._last_q_mean: Tensor | None = None
 
     def forward(
         self, x: Tensor, y: Tensor, grad: Tensor | None = None, *, logits: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if self._pending is not None:
-            raise RuntimeError(
-                "RLMix: the previous mix has no reward yet; call mixer.after_backward() after each backward"
-            )
+            if self._pending[1].grad is not None:
+                raise RuntimeError(
+                    "RLMix: the previous mix ran its backward but was not rewarded; call mixer.after_backward() "
+                    "after each backward"
+                )
+            # no backward reached the previous mix (an evaluation, a skipped step): it is not learned from
+            self._pending = None
+            self.agent.discard()
+            self._sums[2] -= 1
+            self._sums[1] -= self._last_q_mean
         self._logits = logits
         try:
             return super().forward(x, y, grad, logits=logits)
@@ -128,7 +140,8 @@ class RLMix(RMix):
     def _count(self, q: Tensor) -> None:
         if self._sums is None or self._sums.device != q.device:
             self._sums = torch.zeros(3, dtype=torch.float64, device=q.device)
-        self._sums[1] += q.double().mean()
+        self._last_q_mean = q.double().mean()
+        self._sums[1] += self._last_q_mean
         self._sums[2] += 1
 
     def end_epoch(self) -> None:

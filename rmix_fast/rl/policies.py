@@ -11,7 +11,7 @@ values (N,))``. The action of a step is the B samples' levels together (one join
   channels, so B is fixed) under stable-baselines3's default ``MultiInputPolicy`` heads.
 
 Initialisation is stable-baselines3's: orthogonal weights with gain sqrt(2) in the trunk, 0.01 for the
-action head and 1 for the value head, zero biases.
+action head and 1 for the value head, zero biases; from ``generator`` when one is given.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from torch import Tensor, nn
 __all__ = ["POLICIES", "BatchChannelsPolicy", "SamplePolicy", "orthogonal_init"]
 
 
-def orthogonal_init(module: nn.Module, gain: float) -> None:
-    """stable-baselines3's ``init_weights``: orthogonal weights of every Linear and Conv2d, zero biases."""
+def orthogonal_init(module: nn.Module, gain: float, generator: torch.Generator | None = None) -> None:
+    """stable-baselines3's ``init_weights``: orthogonal weights of every Linear and Conv2d, zero biases
+    (drawn from ``generator``, else the global RNG)."""
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.orthogonal_(m.weight, gain=gain)
+            nn.init.orthogonal_(m.weight, gain=gain, generator=generator)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -51,7 +52,16 @@ class SamplePolicy(nn.Module):
     ones) through two small convolutions, its logits through a linear layer, both into a ReLU layer of
     ``features``; then stable-baselines3's pi and vf heads. Any batch size."""
 
-    def __init__(self, num_classes: int, levels: int = 10, obs_grid: int = 8, features: int = 256, hidden: int = 64):
+    def __init__(
+        self,
+        num_classes: int,
+        levels: int = 10,
+        obs_grid: int = 8,
+        features: int = 256,
+        hidden: int = 64,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         _check_sizes(num_classes, levels, obs_grid)
         self.num_classes, self.levels, self.obs_grid = num_classes, levels, obs_grid
@@ -69,9 +79,9 @@ class SamplePolicy(nn.Module):
         self.action_net = nn.Linear(hidden, levels)
         self.value_net = nn.Linear(hidden, 1)
         for part in (self.saliency_net, self.logits_net, self.trunk, self.pi_net, self.vf_net):
-            orthogonal_init(part, math.sqrt(2))
-        orthogonal_init(self.action_net, 0.01)
-        orthogonal_init(self.value_net, 1.0)
+            orthogonal_init(part, math.sqrt(2), generator)
+        orthogonal_init(self.action_net, 0.01, generator)
+        orthogonal_init(self.value_net, 1.0, generator)
 
     def forward(self, saliency: Tensor, logits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         N, B, g, _ = saliency.shape
@@ -89,7 +99,16 @@ class BatchChannelsPolicy(nn.Module):
     Linear(., 256) -> ReLU) and stable-baselines3's ``MultiInputPolicy`` heads (pi and vf [64, 64] tanh, an
     action layer of B * levels logits, one value). Needs the fixed batch size B; obs_grid >= 3."""
 
-    def __init__(self, batch: int, num_classes: int, levels: int = 10, obs_grid: int = 8, features: int = 256):
+    def __init__(
+        self,
+        batch: int,
+        num_classes: int,
+        levels: int = 10,
+        obs_grid: int = 8,
+        features: int = 256,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         _check_sizes(num_classes, levels, obs_grid)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -107,9 +126,9 @@ class BatchChannelsPolicy(nn.Module):
         self.action_net = nn.Linear(64, batch * levels)
         self.value_net = nn.Linear(64, 1)
         for part in (self.cnn, self.logits_layer, self.linear, self.pi_net, self.vf_net):
-            orthogonal_init(part, math.sqrt(2))
-        orthogonal_init(self.action_net, 0.01)
-        orthogonal_init(self.value_net, 1.0)
+            orthogonal_init(part, math.sqrt(2), generator)
+        orthogonal_init(self.action_net, 0.01, generator)
+        orthogonal_init(self.value_net, 1.0, generator)
 
     def forward(self, saliency: Tensor, logits: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         N, B = saliency.shape[:2]

@@ -58,13 +58,13 @@ class PPOConfig:
             "vf_coef": (0.0, math.inf), "max_grad_norm": (0.0, math.inf), "lr": (0.0, math.inf),
             "lr_power": (0.0, math.inf),
         }  # fmt: skip
+        positive = ("clip", "lr", "max_grad_norm")  # 0 would stop learning altogether
         for name, (lo, hi) in ranges.items():
             value = getattr(self, name)
             ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or not lo <= value <= hi or (name in ("clip", "lr", "max_grad_norm") and value == 0):
-                raise ValueError(
-                    f"{name} must be a finite number in [{lo}, {hi}]{' and > 0' * (name in ('clip', 'lr', 'max_grad_norm'))}, got {value!r}"
-                )  # noqa: E501
+            if not ok or not lo <= value <= hi or (name in positive and value == 0):
+                bounds = f"({lo}, {hi}]" if name in positive else f"[{lo}, {hi}]"
+                raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
         if self.minibatch > self.n_steps:
             raise ValueError(f"minibatch ({self.minibatch}) must be <= n_steps ({self.n_steps})")
 
@@ -195,6 +195,10 @@ class PPOAgent(nn.Module):
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             action_logits, _ = self.policy(obs.saliency.unsqueeze(0), obs.logits.unsqueeze(0), valid)
         return sample_actions(action_logits[0], uniforms.to(device))
+
+    def discard(self) -> None:
+        """Forget the step acted on last (no reward will come): the next ``act`` takes its place."""
+        self._acted = False
 
     def record(self, reward: Tensor) -> None:
         """The reward (0-d tensor) of the step acted on last."""
