@@ -10,7 +10,7 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import CutMix, ManifoldMixup, MixParams, Mixup, RMix, soft_targets
+from rmix_fast.mixers import CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -36,6 +36,7 @@ __all__ = [
     "ManifoldMixup",
     "MixParams",
     "Mixup",
+    "RLMix",
     "RMix",
     "RMixParams",
     "SoftTargetBCEWithLogits",

@@ -108,12 +108,18 @@ class RLMix(RMix):
             self._logits = None
 
     def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
+        where = next(self.agent.policy.parameters()).device
+        if where != x.device:
+            raise ValueError(f"RLMix's agent is on {where}, the batch on {x.device}: move the mixer, mixer.to(x.device)")
         p = self.draw_params(x)
         obs = observe(grad, self._logits, self.obs_grid)
         uniforms = to_device(torch.rand(x.shape[0], generator=self.generator), x.device)
         learning = self.learn and torch.is_grad_enabled()
         actions = self.agent.act(obs, uniforms, self.generator, record=learning)
-        q = self.level_values.to(x.device)[actions]
+        levels = self.level_values
+        if levels.device != x.device:  # a mixer not moved with .to(device): copy without blocking
+            levels = to_device(levels, x.device)
+        q = levels[actions]
         mixed, params = self.blend(x, grad, dataclasses.replace(p, q=q))
         if learning:
             # the training backward leaves d loss / d mixed here: the reward's gradient, without another pass

@@ -15,6 +15,7 @@ clipping and the Adam step, so the policies stay identical (as DDP keeps a model
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -308,9 +309,11 @@ class PPOAgent(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if state["config"] != asdict(self.config):
             raise ValueError(f"the saved agent ran with {state['config']}, this one with {asdict(self.config)}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        # copies: a state taken from a live agent (state_dict() in memory) must not share its tensors
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         device = next(self.policy.parameters()).device
-        self.buffer = RolloutBuffer.from_state(state["buffer"]).to(device) if state["buffer"] is not None else None
+        buffer = state["buffer"]
+        self.buffer = RolloutBuffer.from_state(copy.deepcopy(buffer)).to(device) if buffer is not None else None
         self.num_timesteps = int(state["num_timesteps"])
         self.n_updates = int(state["n_updates"])
         self._acted = False

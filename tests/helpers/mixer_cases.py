@@ -20,6 +20,11 @@ def batch(B: int = 6, H: int = 16, W: int = 16, seed: int = 0, dtype: torch.dtyp
     return x, y, grad
 
 
+def clean_logits(x: Tensor, seed: int = 0) -> Tensor:
+    """(B, K) logits of a clean pass, for a mixer that observes them (RL-Mix; the others ignore them)."""
+    return torch.randn(x.shape[0], K, generator=torch.Generator().manual_seed(seed)).to(x.device)
+
+
 def make(cls: type[Mixer], seed: int = 0, **kwargs) -> Mixer:
     return cls(K, generator=torch.Generator().manual_seed(seed), **kwargs)
 

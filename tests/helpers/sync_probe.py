@@ -106,6 +106,11 @@ class HostReadProbe(TorchDispatchMode):
         key = _storage_key(t)
         return key is not None and key not in self._host
 
+    def declare_host(self, *tensors: Tensor) -> None:
+        """Tensors made before the probe started that a GPU run keeps in host memory (e.g. the step counts
+        of a non-capturable ``torch.optim.Adam``, which it creates as CPU tensors on any device)."""
+        self._mark(list(tensors), host=True)
+
     def _mark(self, outputs: Any, host: bool) -> None:
         for t in tree_leaves(outputs):
             if isinstance(t, Tensor) and (key := _storage_key(t)) is not None:

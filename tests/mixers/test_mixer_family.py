@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import rmix_fast
 from rmix_fast import reference
 from tests.helpers.cases import BACKENDS, DEVICE
-from tests.helpers.mixer_cases import K, batch, expected_targets, make
+from tests.helpers.mixer_cases import K, batch, clean_logits, expected_targets, make
 
-MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.ManifoldMixup]
+MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.ManifoldMixup, rmix_fast.RLMix]
 
 
 def _rmix_mix(x, grad, p):
@@ -42,6 +42,7 @@ EXPECTED_MIX = {
     rmix_fast.Mixup: _mixup_mix,
     rmix_fast.CutMix: _cutmix_mix,
     rmix_fast.ManifoldMixup: _mixup_mix,
+    rmix_fast.RLMix: _rmix_mix,  # R-Mix with the levels its agent chose (p.q)
 }
 
 
@@ -54,7 +55,7 @@ def test_every_mixer_has_an_expected_mix():
 def test_outputs_follow_the_drawn_parameters(cls, backend):
     x, y, grad = batch()
     mixer = make(cls, backend=backend)
-    x_mix, y_soft = mixer(x, y, grad)
+    x_mix, y_soft = mixer(x, y, grad, logits=clean_logits(x))
     p = mixer.last_params
     assert p.applied and x_mix.shape == x.shape and x_mix.dtype == x.dtype
     assert y_soft.shape == (6, K) and y_soft.dtype == torch.float32
@@ -68,9 +69,9 @@ def test_outputs_follow_the_drawn_parameters(cls, backend):
 @pytest.mark.parametrize("cls", MIXERS)
 def test_same_seed_same_outputs(cls):
     x, y, grad = batch()
-    a = make(cls, seed=3)(x, y, grad)
-    b = make(cls, seed=3)(x, y, grad)
-    c = make(cls, seed=4)(x, y, grad)
+    a = make(cls, seed=3)(x, y, grad, logits=clean_logits(x))
+    b = make(cls, seed=3)(x, y, grad, logits=clean_logits(x))
+    c = make(cls, seed=4)(x, y, grad, logits=clean_logits(x))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
 
@@ -79,7 +80,7 @@ def test_same_seed_same_outputs(cls):
 @pytest.mark.parametrize("B", [1, 2, 7])
 def test_small_and_odd_batches(cls, B):
     x, y, grad = batch(B=B)
-    x_mix, y_soft = make(cls)(x, y, grad)
+    x_mix, y_soft = make(cls)(x, y, grad, logits=clean_logits(x))
     assert x_mix.shape == x.shape and y_soft.shape == (B, K)
     if B == 1:  # mixed with itself: unchanged, with its own label
         assert torch.equal(x_mix, x)
@@ -92,20 +93,20 @@ def test_prob_passes_some_batches_through(cls):
     mixer = make(cls, prob=0.5)
     applied = []
     for _ in range(40):
-        x_mix, y_soft = mixer(x, y, grad)
+        x_mix, y_soft = mixer(x, y, grad, logits=clean_logits(x))
         applied.append(mixer.last_params.applied)
         if not mixer.last_params.applied:
             assert x_mix is x and torch.equal(y_soft, F.one_hot(y, K).float())
     assert 5 < sum(applied) < 35
     never = make(cls, prob=0.0)
-    assert never(x, y, grad)[0] is x and not never.last_params.applied
+    assert never(x, y, grad, logits=clean_logits(x))[0] is x and not never.last_params.applied
 
 
 @pytest.mark.parametrize("cls", MIXERS)
 def test_label_smoothing(cls):
     x, y, grad = batch()
     mixer = make(cls, label_smoothing=0.1)
-    _, y_soft = mixer(x, y, grad)
+    _, y_soft = mixer(x, y, grad, logits=clean_logits(x))
     torch.testing.assert_close(y_soft, expected_targets(y, mixer.last_params, 0.1))
     assert float(y_soft.min()) >= 0.1 / K - 1e-7
 
@@ -115,7 +116,7 @@ def test_soft_target_input(cls):
     x, _, grad = batch()
     soft = F.softmax(torch.randn(6, K, generator=torch.Generator().manual_seed(1)), dim=1).to(DEVICE)
     mixer = make(cls)
-    _, y_soft = mixer(x, soft, grad)
+    _, y_soft = mixer(x, soft, grad, logits=clean_logits(x))
     p = mixer.last_params
     want = p.lam_eff[:, None] * soft + (1 - p.lam_eff[:, None]) * soft[p.perm]
     torch.testing.assert_close(y_soft, want)
@@ -125,7 +126,7 @@ def test_soft_target_input(cls):
 def test_per_sample_lam(cls):
     x, y, grad = batch(B=8)
     mixer = make(cls, per_sample_lam=True)
-    mixer(x, y, grad)
+    mixer(x, y, grad, logits=clean_logits(x))
     p = mixer.last_params
     assert p.lam.unique().numel() == 8
     if cls is rmix_fast.CutMix:
@@ -138,7 +139,7 @@ def test_per_sample_lam(cls):
 def test_channels_last_and_bf16(cls):
     x, y, grad = batch(dtype=torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
-    x_mix, y_soft = make(cls)(x, y, grad)
+    x_mix, y_soft = make(cls)(x, y, grad, logits=clean_logits(x))
     assert x_mix.dtype == torch.bfloat16 and x_mix.is_contiguous(memory_format=torch.channels_last)
     assert y_soft.dtype == torch.float32
 
@@ -180,8 +181,9 @@ def test_bad_calls():
 def test_a_mixer_is_a_module_and_its_region_map_is_what_it_blended(cls):
     x, y, grad = batch()
     mixer = make(cls).to(DEVICE)
-    assert isinstance(mixer, torch.nn.Module) and mixer.state_dict() == {}  # these methods hold no state
-    x_mix, _ = mixer(x, y, grad)
+    assert isinstance(mixer, torch.nn.Module)
+    assert (mixer.state_dict() != {}) == (cls is rmix_fast.RLMix)  # only RL-Mix's agent is state
+    x_mix, _ = mixer(x, y, grad, logits=clean_logits(x))
     p = mixer.last_params
     mixed, lam_eff = rmix_fast.blend_regions(x, perm=p.perm, lam=p.lam, regions=p.region_map(), backend="reference")
     torch.testing.assert_close(x_mix, mixed)

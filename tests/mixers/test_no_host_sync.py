@@ -16,11 +16,14 @@ import torch
 
 import rmix_fast
 from rmix_fast.losses import SoftTargetCrossEntropy
+from rmix_fast.rl import PPOConfig
 from tests.helpers.sync_probe import HostReadError, HostReadProbe
 from tests.helpers.toy_task import ToyCNN
 
 K = 4  # ToyCNN's classes
-MIXERS = (rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.RMix, rmix_fast.ManifoldMixup)
+MIXERS = (rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.RMix, rmix_fast.ManifoldMixup, rmix_fast.RLMix)
+# RL-Mix's agent updates every 2 steps here, so the probed steps include its PPO updates.
+SMALL_PPO = PPOConfig(n_steps=2, minibatch=1, epochs=2)
 CPU_BACKENDS = [
     name
     for name, info in rmix_fast.available_backends("cpu").items()
@@ -41,19 +44,30 @@ def _setup(cls, device, backend: str = "auto", seed: int = 0, **kwargs):
     model = ToyCNN(K).to(device)
     x = torch.rand(6, 3, 16, 16, generator=g).to(device)
     y = torch.randint(K, (6,), generator=g).to(device)
-    mixer = cls(K, generator=torch.Generator().manual_seed(seed), backend=backend, **kwargs)
+    if cls is rmix_fast.RLMix:
+        kwargs = {"ppo": SMALL_PPO, **kwargs}
+    mixer = cls(K, generator=torch.Generator().manual_seed(seed), backend=backend, **kwargs).to(device)
     return model, mixer, x, y
 
 
 def _step(model, mixer, x, y):
     """One training step of a mixer, as ``rmix-train`` runs it (without the optimizer): the mix wraps the
-    forward, so Manifold Mixup draws the input or the output of the first or second conv block."""
-    grad = rmix_fast.input_gradient(model, x, y)
-    with mixer.mixing(x, y, grad, layers=[model.features[2], model.features[5]]) as (x_in, y_soft):
+    forward, so Manifold Mixup draws the input or the output of the first or second conv block; RL-Mix
+    observes the clean logits and is rewarded after the backward."""
+    grad, clean = rmix_fast.input_gradient(model, x, y, return_logits=True)
+    with mixer.mixing(x, y, grad, layers=[model.features[2], model.features[5]], logits=clean) as (x_in, y_soft):
         logits = model(x_in)
     loss = SoftTargetCrossEntropy()(logits, y_soft)
     loss.backward()
+    mixer.after_backward()
     return loss
+
+
+def _declare_host_state(probe: HostReadProbe, mixer) -> None:
+    """RL-Mix's Adam keeps its step counts as CPU tensors on every device (not capturable): reading them in
+    the agent's update is a host read there, not a sync."""
+    if isinstance(mixer, rmix_fast.RLMix):
+        probe.declare_host(*(state["step"] for state in mixer.agent.optimizer.state.values()))
 
 
 def _report(probe: HostReadProbe) -> str:
@@ -69,8 +83,10 @@ CASES = [("defaults", b) for b in CPU_BACKENDS] + [(o, "auto") for o in OPTIONS 
 def test_a_mixer_step_reads_nothing_back(cls, option, backend):
     model, mixer, x, y = _setup(cls, "cpu", backend, **OPTIONS[option])
     applied = set()
-    for i in range(4):  # several batches: prob < 1 passes some through, R-Mix draws either grid, Manifold a layer
+    # several batches: prob < 1 passes some through, R-Mix draws either grid, Manifold a layer, RL-Mix updates
+    for i in range(6):
         with HostReadProbe() as probe:
+            _declare_host_state(probe, mixer)
             _step(model, mixer, x, y)
         assert not probe.reads, f"batch {i}: {_report(probe)}"
         applied.add(mixer.last_params.applied)
@@ -82,9 +98,10 @@ def test_soft_target_input_reads_nothing_back(cls):
     model, mixer, x, _ = _setup(cls, "cpu")
     y_soft = torch.softmax(torch.randn(6, K), dim=1)
     with HostReadProbe() as probe:
-        grad = rmix_fast.input_gradient(model, x, y_soft)
-        x_mix, t = mixer(x, y_soft, grad)
+        grad, clean = rmix_fast.input_gradient(model, x, y_soft, return_logits=True)
+        x_mix, t = mixer(x, y_soft, grad, logits=clean)
         SoftTargetCrossEntropy()(model(x_mix), t).backward()
+        mixer.after_backward()
     assert not probe.reads, _report(probe)
 
 

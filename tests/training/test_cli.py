@@ -86,13 +86,16 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
 @pytest.mark.slow
 # R-Mix; Manifold Mixup (hooks inside the forward) with a clean loss (gradients kept from the saliency
 # pass); and a test double of a learned mixer whose state (a counter, a network and its optimizer) drives
-# every mix: the resumed run matches only if the checkpoint restores the mixer's state too.
+# every mix: the resumed run matches only if the checkpoint restores the mixer's state too; and RL-Mix, whose
+# agent (policy, Adam, a rollout that spans the checkpoint) is that state.
 @pytest.mark.parametrize(
     ("module", "method", "extra"),
     [
         ("rmix_fast.train", "rmix", []),
         ("rmix_fast.train", "manifold", ["--clean-loss-weight", "0.5"]),
         ("tests.helpers.stateful_method", "stateful", []),
+        # RL-Mix: 5 steps an epoch, rollouts of 4, so the checkpoint falls inside a rollout
+        ("rmix_fast.train", "rlmix", ["--agent-steps", "4", "--agent-minibatch", "2"]),
     ],
 )
 def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
