@@ -110,7 +110,7 @@ class RLMix(RMix):
     def mix(self, x: Tensor, grad: Tensor | None) -> tuple[Tensor, MixParams]:
         where = next(self.agent.policy.parameters()).device
         if where != x.device:
-            raise ValueError(f"RLMix's agent is on {where}, the batch on {x.device}: move the mixer, mixer.to(x.device)")
+            raise ValueError(f"RLMix's agent is on {where}, the batch on {x.device}: move it with mixer.to(x.device)")
         p = self.draw_params(x)
         obs = observe(grad, self._logits, self.obs_grid)
         uniforms = to_device(torch.rand(x.shape[0], generator=self.generator), x.device)
