@@ -243,5 +243,5 @@ def test_bad_calls():
     with pytest.raises(ValueError, match="built for batches of 6"):
         make(rmix_fast.RLMix, policy="batch-channels", batch=6)(x[:4], y[:4], grad[:4], logits=clean_logits(x[:4]))
     elsewhere = make(rmix_fast.RLMix).to("meta")
-    with pytest.raises(ValueError, match="move it with mixer.to"):
+    with pytest.raises(ValueError, match=r"move it with mixer\.to"):
         elsewhere(x, y, grad, logits=clean_logits(x))
