@@ -25,8 +25,13 @@ ARMS=(
   --method cutmix+="--method cutmix --mix-prob 0.5"
   --method rmix="--method rmix"
 )
+# RL-Mix (issue 16): the authors' rollout is two epochs (1000 steps at 500 steps an epoch) in minibatches of a
+# quarter of it; at this scale that is 100 / 25 steps (50 steps an epoch) and 20 / 5 (10 steps an epoch).
+# Their 1000-step rollout would end after the last step here: the agent would never update.
+RLMIX_5K=(--method rlmix="--method rlmix --agent-steps 100 --agent-minibatch 25")
+RLMIX_1K=(--method rlmix="--method rlmix --agent-steps 20 --agent-minibatch 5")
 EXTRA=("${@:2}")  # e.g. --report-only
-"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-5k" "${ARMS[@]}" --seeds 0 1 2 --parallel 2 --threads 1 "${EXTRA[@]}" \
-  -- --dataset shapes --model small_cnn --epochs 12
-"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-1k" "${ARMS[@]}" --seeds 0 1 2 --parallel 2 --threads 1 "${EXTRA[@]}" \
-  -- --dataset shapes --model small_cnn --train-size 1000 --epochs 50
+"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-5k" "${ARMS[@]}" "${RLMIX_5K[@]}" --seeds 0 1 2 --parallel 2 \
+  --threads 1 "${EXTRA[@]}" -- --dataset shapes --model small_cnn --epochs 12
+"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-1k" "${ARMS[@]}" "${RLMIX_1K[@]}" --seeds 0 1 2 --parallel 2 \
+  --threads 1 "${EXTRA[@]}" -- --dataset shapes --model small_cnn --train-size 1000 --epochs 50
