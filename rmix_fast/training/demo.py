@@ -6,8 +6,8 @@ Three parts, one table each:
 
 1. **Speed**: the mixing op (``rmix_fast.rmix``) against R-Mix written the paper's way, timed side by side
    in this run on this machine (``bench/bench_rmix.py`` has the full benchmark).
-2. **A short training run** of each method (vanilla, Mixup, CutMix as published with p = 0.5, R-Mix) with
-   the same model (small_cnn), data, seed and schedule. The budget is a few hundred SGD steps, far below
+2. **A short training run** of each method (vanilla, Mixup, CutMix as published with p = 0.5, R-Mix; RL-Mix
+   with ``--methods ... rlmix``) with the same model (small_cnn), data, seed and schedule. The budget is a few hundred SGD steps, far below
    the paper's (about 150,000): the table shows that the pipeline runs and where each method stands at
    this budget, not which method is better; ``bench/README.md`` has the comparison at longer budgets.
 3. **Label evidence**: on the embedded ``shapes`` data every object's mask is known, so for each method
@@ -38,6 +38,15 @@ __all__ = ["main"]
 DEFAULT_METHODS = ("vanilla", "mixup", "cutmix", "rmix")
 # The methods as their papers' baselines run them: CutMix mixes a batch with probability 0.5.
 PUBLISHED_OPTIONS = {"cutmix": ["--mix-prob", "0.5"]}
+
+
+def method_options(method: str, steps_per_epoch: int) -> list[str]:
+    """A method's options as published; RL-Mix's rollout is two epochs in minibatches of a quarter of it, as
+    the authors' 1000 / 250 steps at 500 steps an epoch (their 1000 would never update in a short run)."""
+    if method == "rlmix":
+        rollout = max(2, 2 * steps_per_epoch)
+        return ["--agent-steps", str(rollout), "--agent-minibatch", str(max(1, rollout // 4))]
+    return PUBLISHED_OPTIONS.get(method, [])
 COLUMNS = (
     ("top1", "top-1 %"),
     ("ece", "ECE %"),
@@ -103,7 +112,8 @@ def _train_section(args: argparse.Namespace, out: Path) -> tuple[dict[str, dict]
     for method in args.methods:
         start = time.perf_counter()
         run_args = [
-            "--dataset", "shapes", "--model", "small_cnn", "--method", method, *PUBLISHED_OPTIONS.get(method, []),
+            "--dataset", "shapes", "--model", "small_cnn", "--method", method,
+            *method_options(method, args.train_size // 100),
             "--epochs", str(args.epochs), "--train-size", str(args.train_size), "--test-size", str(args.test_size),
             "--seed", str(args.seed), "--lr", str(args.lr),
             "--out", str(out / method), "--overwrite", "--progress" if args.progress else "--no-progress",

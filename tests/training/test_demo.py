@@ -43,3 +43,9 @@ def test_demo_rejects_bad_budgets(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         demo.main(["--epochs", "0"])
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_rlmix_runs_with_the_authors_rollout_in_epochs() -> None:
+    assert demo.method_options("rlmix", 40) == ["--agent-steps", "80", "--agent-minibatch", "20"]
+    assert demo.method_options("rlmix", 0) == ["--agent-steps", "2", "--agent-minibatch", "1"]
+    assert demo.method_options("cutmix", 40) == ["--mix-prob", "0.5"] and demo.method_options("rmix", 40) == []
