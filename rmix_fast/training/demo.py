@@ -9,7 +9,8 @@ Three parts, one table each:
 2. **A short training run** of each method (vanilla, Mixup, CutMix as published with p = 0.5, R-Mix; RL-Mix
    with ``--methods ... rlmix``) with the same model (small_cnn), data, seed and schedule. The budget is a
    few hundred SGD steps, far below the paper's (about 150,000): the table shows that the pipeline runs and
-   where each method stands at this budget, not which method is better; ``bench/README.md`` has the comparison at longer budgets.
+   where each method stands at this budget, not which method is better; ``bench/README.md`` has the
+   comparison at longer budgets.
 3. **Label evidence**: on the embedded ``shapes`` data every object's mask is known, so for each method
    the demo measures how far the label weights are from the share of each object that stays visible in
    the mixed image (``rmix_fast.training.evidence``), R-Mix with an untrained model's saliency, with the
@@ -47,6 +48,8 @@ def method_options(method: str, steps_per_epoch: int) -> list[str]:
         rollout = max(2, 2 * steps_per_epoch)
         return ["--agent-steps", str(rollout), "--agent-minibatch", str(max(1, rollout // 4))]
     return PUBLISHED_OPTIONS.get(method, [])
+
+
 COLUMNS = (
     ("top1", "top-1 %"),
     ("ece", "ECE %"),
