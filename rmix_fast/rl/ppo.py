@@ -73,9 +73,14 @@ class PPOConfig:
 def sample_actions(action_logits: Tensor, uniforms: Tensor) -> Tensor:
     """Categorical draws by inverting each row's CDF at its uniform: (..., L) logits, (...) uniforms in
     [0, 1) -> (...) int64 levels. Deterministic given the uniforms, on any device."""
-    cdf = torch.softmax(action_logits.float(), dim=-1).cumsum(-1)
-    # the first level whose CDF exceeds u: a level of probability 0 is never drawn, even at u = 0
-    return (cdf <= uniforms.unsqueeze(-1)).sum(-1).clamp_max(action_logits.shape[-1] - 1)
+    probs = torch.softmax(action_logits.float(), dim=-1)
+    cdf = probs.cumsum(-1)
+    # the first level whose CDF exceeds u: a level of probability 0 is never drawn, even at u = 0. The CDF's
+    # float32 total can end below u (u up to 1 - 2**-24): the draw is then the last level of nonzero
+    # probability, not a trailing level of probability 0 (nor one past the end)
+    levels = torch.arange(probs.shape[-1], device=probs.device)
+    last = torch.where(probs > 0, levels, 0).amax(-1)
+    return torch.minimum((cdf <= uniforms.unsqueeze(-1)).sum(-1), last)
 
 
 def _joint(action_logits: Tensor, actions: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
