@@ -5,7 +5,7 @@
 #
 #   call 1, correctness (expected ~5 min, stage limits add up to 8.7 min): build + checks + tests
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=1 bash bench/gpu_session.sh", timeout_s=600)
-#   call 2, speed (expected ~6.5 min, limits 8.3 min): build (skipped when call 1's is there) + the benchmarks
+#   call 2, speed (expected ~7 min, limits 8.8 min): build (skipped when call 1's is there) + the benchmarks
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=2 bash bench/gpu_session.sh", timeout_s=600)
 #
 # (RMIX_FAST_COMMIT: the commit being run, for the JSON files; the machine's copy of the tree has no .git.)
@@ -15,7 +15,8 @@
 # A session's device budget (15 min, start-up included) holds both calls only just; if it is short, call 2 can
 # leave out bench_step (STAGES="build bench_rmix bench_blend_regions"). Expected times on an H100/H200: build
 # ~1–1.5 min (16 jobs, sm_90 only); checks ~2.5 min (bench/gpu_checks.py: seven probes in child processes,
-# --budget 220 s); tests ~1.5 min; bench_rmix ~3 min; bench_blend_regions ~1 min; bench_step ~2 min.
+# --budget 220 s); tests ~1.5 min; bench_rmix ~3 min; bench_blend_regions ~1 min; bench_step ~2 min (RL-Mix's
+# PPO update at the authors' 1000-step rollout included).
 #
 # A stage that runs out of time is reported and the next one still runs. The op benchmarks write their JSON
 # after every case and gpu_checks.py after every probe, so one cut short still brings back what it finished
@@ -94,7 +95,7 @@ if wants bench_blend_regions; then
 fi
 
 if wants bench_step; then
-  timeout 110 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
+  timeout 140 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
     --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
   note "bench_step rc=$?"
 fi
@@ -106,4 +107,4 @@ fi
 echo
 for line in "${summary[@]}"; do echo "$line"; done
 grep -h -A12 '^| goal' "$OUT/report.md" 2>/dev/null | head -14
-grep -h 'x) <-\|agreement' "$OUT/bench_step.log" 2>/dev/null
+grep -h 'x) <-\|rlmix:\|agreement' "$OUT/bench_step.log" 2>/dev/null

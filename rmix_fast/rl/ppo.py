@@ -309,6 +309,9 @@ class PPOAgent(nn.Module):
             "buffer": self.buffer.state() if self.buffer is not None else None,
             "num_timesteps": self.num_timesteps,
             "n_updates": self.n_updates,
+            # the last update's losses: reported with every epoch until the next update, so a resumed run's
+            # epochs before its first update report what an uninterrupted run's do
+            "last_stats": dict(self.last_stats),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -321,6 +324,8 @@ class PPOAgent(nn.Module):
         self.buffer = RolloutBuffer.from_state(copy.deepcopy(buffer)).to(device) if buffer is not None else None
         self.num_timesteps = int(state["num_timesteps"])
         self.n_updates = int(state["n_updates"])
+        # a checkpoint written before the stats were saved has none (reported again after the next update)
+        self.last_stats = {k: v.to(device, copy=True) for k, v in state.get("last_stats", {}).items()}
         self._acted = False
         self._synced = True  # every rank loads the same weights
 
