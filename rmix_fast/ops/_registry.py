@@ -42,10 +42,11 @@ class OpSpec:
     Attributes:
         name: the op's base name, the same in every layer (files, functions, C++ ops).
         schema: the forward's schema without its name; its last argument is ``bool validate``.
-        backward_schema: the backward op's schema: the gradients of ``grad_outputs``, then the tensors
+        backward_schema: the backward op's schema: the gradients of ``grad_outputs``, then the values
             ``save`` returns; it returns the gradients of ``grad_inputs``, in order.
         fake: the forward's fake (meta) implementation, with the forward's arguments.
-        save: ``(inputs, outputs) -> tensors`` the backward op takes after the output gradients.
+        save: ``(inputs, outputs) -> values`` the backward op takes after the output gradients: tensors and
+            non-tensor arguments (ints, strings) in any order.
         check_values: content checks of the forward's inputs (all but ``validate``), one host sync.
         grad_outputs: outputs that carry gradients; every other output is marked non-differentiable.
         grad_inputs: inputs the backward op returns gradients for.
@@ -56,7 +57,7 @@ class OpSpec:
     schema: str
     backward_schema: str
     fake: Callable[..., Any]
-    save: Callable[[tuple[Any, ...], tuple[Tensor, ...]], tuple[Tensor, ...]]
+    save: Callable[[tuple[Any, ...], tuple[Tensor, ...]], tuple[Any, ...]]
     check_values: Callable[..., None]
     grad_outputs: tuple[int, ...] = (0,)
     grad_inputs: tuple[int, ...] = (0,)
@@ -87,13 +88,20 @@ def _attach(spec: OpSpec, fwd: Any, bwd: Any) -> None:
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         outputs = output if isinstance(output, tuple) else (output,)
         ctx.mark_non_differentiable(*(t for i, t in enumerate(outputs) if i not in spec.grad_outputs))
-        ctx.save_for_backward(*spec.save(inputs, outputs))
+        saved = spec.save(inputs, outputs)
+        # save_for_backward takes tensors only (it guards them against in-place changes and reference
+        # cycles); the other saved arguments live on ctx, with where each sat, to be put back in order.
+        ctx.saved_is_tensor = tuple(isinstance(v, Tensor) for v in saved)
+        ctx.saved_values = tuple(v for v in saved if not isinstance(v, Tensor))
+        ctx.save_for_backward(*(v for v in saved if isinstance(v, Tensor)))
 
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         needed = [ctx.needs_input_grad[i] for i in spec.grad_inputs]
         result: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
         if any(needed):
-            computed = bwd(*(grads[i] for i in spec.grad_outputs), *ctx.saved_tensors)
+            tensors, values = iter(ctx.saved_tensors), iter(ctx.saved_values)
+            saved = [next(tensors) if is_tensor else next(values) for is_tensor in ctx.saved_is_tensor]
+            computed = bwd(*(grads[i] for i in spec.grad_outputs), *saved)
             computed = computed if isinstance(computed, tuple | list) else (computed,)
             for index, wanted, grad in zip(spec.grad_inputs, needed, computed, strict=True):
                 result[index] = grad if wanted else None

@@ -74,7 +74,8 @@ def check_opcheck(contract: OpContract, backend: str, device: torch.device) -> N
     torch.library.opcheck(op.forward[backend], args)
     outputs = op.forward[backend](*args)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    saved = op.spec.save(args, outputs)
+    # detached, as autograd hands them to a backward without create_graph: the backward ops have no backward
+    saved = tuple(v.detach() if isinstance(v, Tensor) else v for v in op.spec.save(args, outputs))
     grads = tuple(torch.randn_like(outputs[i]) for i in op.spec.grad_outputs)
     torch.library.opcheck(op.backward[backend], (*grads, *saved))
 
@@ -120,6 +121,7 @@ def check_empty_batch(contract: OpContract, backend: str, device: torch.device) 
     args = tree_to(contract.inputs(0, torch.float32, SHAPE), device)
     public = contract.public(args[:-1], backend)
     direct = OPS[contract.name].forward[backend](*args)  # the backend's own op, past the public guard
+    direct = direct if isinstance(direct, tuple) else (direct,)
     for outputs in (public, direct):
         assert outputs[0].shape == args[0].shape and outputs[0].dtype == args[0].dtype
         assert all(t.shape[0] == 0 for t in outputs[1:])
