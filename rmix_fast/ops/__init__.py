@@ -3,6 +3,7 @@ import). Kernels live in ``ops._triton.<op>`` and ``csrc/``, the ground truth in
 
 from rmix_fast.ops._backends import BackendInfo, available_backends, resolve_backend
 from rmix_fast.ops.blend_regions import BLEND, OWN, PARTNER, blend_regions, regions_from_mask
+from rmix_fast.ops.blend_sources import blend_sources
 from rmix_fast.ops.rmix import rmix, saliency_grid
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "BackendInfo",
     "available_backends",
     "blend_regions",
+    "blend_sources",
     "regions_from_mask",
     "resolve_backend",
     "rmix",

@@ -6,7 +6,8 @@ Two tiers, so the hot path stays cheap:
 * Static checks (``check_image``, ``check_perm``, ``check_level``, ``check_grid``, ``check_regions``,
   ``check_cell_map``) look only at types, shapes, dtypes and devices: no host-device sync, and they trace
   under ``torch.compile``.
-* Content checks (``permutation_checks``, ``unit_interval_check``, ``region_code_check``) each give a 0-d
+* Content checks (``permutation_checks``, ``permutation_rows_checks``, ``unit_interval_check``,
+  ``region_code_check``, ``finite_check``) each give a 0-d
   bool device tensor and the error to raise when it is False; ``run_content_checks`` stacks all of an
   op's flags and reads them back once: one host-device sync per call. They run inside the op's forward,
   so also under ``torch.compile``; ``validate=False`` skips them.
@@ -37,8 +38,10 @@ __all__ = [
     "check_regions",
     "check_same_device",
     "describe",
+    "finite_check",
     "is_integer_tensor",
     "permutation_checks",
+    "permutation_rows_checks",
     "region_code_check",
     "run_content_checks",
     "unit_interval_check",
@@ -173,6 +176,40 @@ def permutation_checks(perm: Tensor) -> list[ContentCheck]:
         return ValueError(f"perm must be a permutation of 0..{B - 1}; it repeats some indices and misses others")
 
     return [ContentCheck(in_range.all(), out_of_range), ContentCheck((hits == 1).all(), repeats)]
+
+
+def permutation_rows_checks(name: str, rows: Tensor) -> list[ContentCheck]:
+    """Every row of the (N, B) tensor ``rows`` holds indices in [0, B) and hits each once: N permutations
+    checked together, so they cost no more syncs than one."""
+    B = rows.shape[1]
+    in_range = (rows >= 0) & (rows < B)
+    hits = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
+    hits.scatter_add_(1, torch.where(in_range, rows, 0).long(), in_range.to(torch.int32))
+    per_row = (hits == 1).all(dim=1)
+
+    def out_of_range() -> Exception:
+        return ValueError(
+            f"{name} must hold indices in [0, {B - 1}], got values in [{int(rows.min())}, {int(rows.max())}]"
+        )
+
+    def repeats() -> Exception:
+        row = int((~per_row).nonzero()[0, 0])
+        return ValueError(
+            f"{name} row {row} must be a permutation of 0..{B - 1}; it repeats some indices and misses others"
+        )
+
+    return [ContentCheck(in_range.all(), out_of_range), ContentCheck(per_row.all(), repeats)]
+
+
+def finite_check(name: str, t: Tensor) -> ContentCheck:
+    """Every value of ``t`` is finite (no NaN, no ±inf)."""
+    finite = torch.isfinite(t)
+
+    def error() -> Exception:
+        bad = t[~finite]
+        return ValueError(f"{name} must be finite; got {bad.numel()} non-finite value(s), e.g. {bad[0].item()!r}")
+
+    return ContentCheck(finite.all(), error)
 
 
 def unit_interval_check(name: str, t: Tensor) -> ContentCheck:

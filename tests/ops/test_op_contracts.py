@@ -37,11 +37,36 @@ def rmix_inputs(batch: int, dtype: torch.dtype, shape: tuple[int, int, int]) -> 
     return x, grad, torch.randperm(batch, generator=g), _levels(g, batch).to(dtype), q, 2, True
 
 
+def blend_sources_inputs(batch: int, dtype: torch.dtype, shape: tuple[int, int, int]) -> tuple:
+    g = torch.Generator().manual_seed(3)
+    x = _images(g, batch, dtype, shape)
+    index = torch.stack([torch.randperm(batch, generator=g) for _ in range(3)])  # N = 3 sources
+    _, H, W = shape
+    logits = torch.randn(batch, 3, H // 2, W // 2, generator=g).to(dtype)  # scale 2: (B, 3, 4, 3) on SHAPE
+    return x, index, logits, 2, "bilinear", "softmax", True
+
+
 def _zero_perm(index: int):
     return lambda a: (*a[:index], torch.zeros_like(a[index]), *a[index + 1 :])
 
 
 CONTRACTS = {
+    "blend_sources": OpContract(
+        name="blend_sources",
+        inputs=blend_sources_inputs,
+        public=lambda a, backend: (
+            rmix_fast.blend_sources(
+                a[0], index=a[1], logits=a[2], scale=a[3], mode=a[4], normalize=a[5], backend=backend
+            ),
+        ),
+        break_content=(_zero_perm(1), "must be a permutation of 0..3"),
+        bad_arguments=[
+            (lambda a: (a[0], a[1].float(), *a[2:]), TypeError, "index must be an integer tensor"),
+            (lambda a: (*a[:2], a[2].int(), *a[3:]), TypeError, "logits must be float16, bfloat16, float32 or float64"),
+            (lambda a: (*a[:3], 4, *a[4:]), ValueError, r"logits must have shape \(B, N, h, w\)"),
+            (lambda a: (*a[:4], "bicubic", a[5]), ValueError, "mode must be one of"),
+        ],
+    ),
     "blend_regions": OpContract(
         name="blend_regions",
         inputs=blend_regions_inputs,
