@@ -12,6 +12,9 @@ Checks, each printed as one line the test reads:
 * blend kernels: 128-bit loads and stores of the images on dense layouts, no FMA (bit-identical to the
   reference and the C++ kernels), 64-bit offsets for a strided view whose sample spans 2**31 elements;
 * saliency kernels: no FMA;
+* blend_sources kernels (AdAutoMix's blend): no FMA; 128-bit image loads and stores in the forward on
+  dense layouts and in grad_x on NCHW; 64-bit offsets for the big view; one variant per (dtype, layout)
+  for any batch size, scale and low-res map (grad_logits: per scale and map, for any batch size);
 * one compiled variant per (dtype, layout) for 100 CutMix batches (their box-aligned grids differ) and
   for R-Mix's grids p in {2, 4} and batch sizes.
 """
@@ -41,6 +44,7 @@ except ImportError as exc:
 
 from rmix_fast.mixers import CutMix
 from rmix_fast.ops._triton import blend_regions as blend_kernels
+from rmix_fast.ops._triton import blend_sources as sources_kernels
 from rmix_fast.ops._triton import rmix as rmix_kernels
 from rmix_fast.ops._triton._launch import Launch
 
@@ -184,6 +188,65 @@ def check_saliency_kernels() -> None:
     print("saliency kernels: no FMA")
 
 
+def plan_sources(
+    x: torch.Tensor, sources: int = 2, scale: int = 16, mode: str = "bilinear", normalize: str = "softmax",
+    logits_dtype: torch.dtype = torch.float32,
+) -> dict[str, Launch]:  # fmt: skip
+    """The four blend_sources launches (forward, inverse, grad_x, grad_logits) for images ``x``."""
+    B, _, H, W = x.shape
+    logits = torch.empty((B, sources, H // scale, W // scale), dtype=logits_dtype, device=META)
+    index = torch.empty((sources, B), dtype=torch.int64, device=META)
+    inverse = torch.empty((sources, B), dtype=torch.int32, device=META)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    scratch = torch.empty((B, sources, H * W), dtype=acc, device=META)
+    out = torch.empty_like(x)
+    args = (scale, mode, normalize)
+    return {
+        "forward": sources_kernels.plan_forward(x, out, index, logits, *args),
+        "inverse": sources_kernels.plan_inverse(index, inverse),
+        "grad_x": sources_kernels.plan_grad_x(x, x, out, scratch, inverse, logits, *args),
+        "grad_logits": sources_kernels.plan_grad_logits(scratch, logits, torch.empty_like(logits), *args, H, W),
+    }
+
+
+def check_sources_kernels() -> None:
+    """blend_sources at ImageNet size (14 x 14 logits, scale 16): builds, no FMA; 128-bit image loads and
+    stores in the forward on dense layouts (channels_last walks interleaved elements) and in grad_x on
+    NCHW (grad_x walks channels_last pixel by pixel: its dW sums a pixel's channels); the 64-bit path."""
+    for dtype in DTYPES:
+        size = torch.empty((), dtype=dtype).element_size()
+        for layout in LAYOUTS:
+            plans = plan_sources(images(256, 3, 224, 224, dtype, layout))
+            if dtype not in (torch.float32, torch.float64) or layout != "nchw":
+                del plans["grad_logits"]  # it reads the scratch and the logits, not the images
+            for part, launch in plans.items():
+                built = build(launch)
+                what = f"{built.name} {dtype} {layout}"
+                assert count(FMA, built.ptx) == 0, f"{what}: FMA in the PTX"
+                if (part == "forward" and layout != "strided") or (part == "grad_x" and layout == "nchw"):
+                    assert count(VECTOR_LOAD[size], built.ptx) >= 2, f"{what}: no 128-bit loads"
+                    assert count(VECTOR_STORE[size], built.ptx) >= 1, f"{what}: no 128-bit stores"
+    x = images(64, 3, 224, 224, torch.bfloat16, "nhwc")
+    variants = [(1, "nearest", "none", torch.float64), (3, "bilinear", "none", torch.bfloat16),
+                (3, "nearest", "softmax", torch.float16)]  # fmt: skip
+    for sources, mode, normalize, logits_dtype in variants:
+        for launch in plan_sources(x, sources, 8, mode, normalize, logits_dtype).values():
+            assert count(FMA, build(launch).ptx) == 0, f"{launch.kernel.__name__} N={sources} {mode}: FMA in the PTX"
+    # float64 softmax weights: tl.exp is libdevice's exp there, whose own polynomial is FMA (an accurate exp,
+    # not a contracted a * b + c of ours), so those variants are only built
+    for launch in plan_sources(x, 2, 8, "bilinear", "softmax", torch.float64).values():
+        build(launch)
+    view = torch.empty((3, 4096, 512, 512), dtype=torch.bfloat16, device=META).permute(1, 0, 2, 3)
+    wide = plan_sources(view, scale=32)
+    narrow = plan_sources(images(256, 3, 224, 224, torch.bfloat16, "strided"))
+    for part in ("forward", "grad_x"):
+        assert wide[part].constexprs["WIDE"], f"blend_sources {part}: 64-bit offsets not chosen for the big view"
+        assert not narrow[part].constexprs["WIDE"], f"blend_sources {part}: 64-bit offsets chosen needlessly"
+        ptx = build(wide[part]).ptx
+        assert count(r"\bmul\.wide\.[su]32\b|\bmul\.lo\.s64\b|\bmad\.wide\.[su]32\b", ptx) > 0, "no 64-bit offsets"
+    print("blend_sources kernels: 128-bit image loads and stores where dense, 64-bit offsets where needed, no FMA")
+
+
 def cutmix_grids(batches: int = 100, size: int = 224) -> list[tuple[int, int]]:
     """The region grids CutMix draws for ``batches`` batches of ``size`` x ``size`` images."""
     mixer = CutMix(10, generator=torch.Generator().manual_seed(0))
@@ -221,12 +284,22 @@ def check_variants() -> None:
         counts = {name: len(k) for name, k in keys.items()}
         assert set(counts.values()) == {1}, f"R-Mix {dtype} {layout}: variants {counts}"
     print("rmix: grids 2 and 4, batches 64 and 37 -> 1 variant per kernel per (dtype, layout)")
+    for dtype, layout in [(torch.float32, "nchw"), (torch.bfloat16, "nhwc")]:
+        keys = {}
+        for B in (64, 37):
+            for scale in (8, 16, 32):  # low-res maps 28 x 28, 14 x 14, 7 x 7
+                for part, launch in plan_sources(images(B, 3, 224, 224, dtype, layout), scale=scale).items():
+                    keys.setdefault((part, scale if part == "grad_logits" else 0), set()).add(specialise(launch)[0])
+        counts = {name: len(k) for name, k in keys.items()}
+        assert set(counts.values()) == {1}, f"blend_sources {dtype} {layout}: variants {counts}"
+    print("blend_sources: scales 8, 16, 32, batches 64 and 37 -> 1 variant per kernel per (dtype, layout)")
 
 
 def main() -> int:
     check_blend_kernels()
     check_wide_offsets()
     check_saliency_kernels()
+    check_sources_kernels()
     check_variants()
     names = Counter(built.name for built in _BUILT.values())
     print(f"built {len(_BUILT)} kernels for sm_90 with triton {triton.__version__}: {dict(sorted(names.items()))}")
