@@ -35,6 +35,12 @@ TORCH_LIBRARY(rmix_fast, m) {
             "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate)"
             " -> (Tensor, Tensor, Tensor)",
             "(Tensor grad_out, Tensor mask, Tensor perm, Tensor lam) -> Tensor");
+
+  // AdAutoMix's blend: per pixel, a mix of N sources whose weights are upsampled (and softmaxed) logits.
+  define_op(m, "blend_sources",
+            "(Tensor x, Tensor index, Tensor logits, int scale, str mode, str normalize, bool validate) -> Tensor",
+            "(Tensor grad_out, Tensor x, Tensor index, Tensor logits, int scale, str mode, str normalize)"
+            " -> (Tensor, Tensor)");
 }
 
 }  // namespace rmix_fast
