@@ -57,8 +57,8 @@ std::vector<ContentCheck> index_checks(const at::Tensor& index) {
   };
   auto repeats = [hits, B] {
     const int64_t row = hits.view({-1, B}).ne(1).any(1).nonzero()[0][0].item<int64_t>();
-    TORCH_CHECK_VALUE(false, "each row of index must be a permutation of 0..", B - 1, "; row ", row,
-                      " repeats some indices and misses others");
+    TORCH_CHECK_VALUE(false, "index row ", row, " must be a permutation of 0..", B - 1,
+                      "; it repeats some indices and misses others");
   };
   return {{in_range.all(), out_of_range}, {hits.eq(1).all(), repeats}};
 }

@@ -36,7 +36,8 @@ def _backward_fake(
     grad_x = torch.empty(
         grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=_output_format(grad_out)
     )
-    return grad_x, torch.empty_like(logits)
+    # d logits is contiguous whatever the logits' layout (a small map: every backend writes it densely)
+    return grad_x, torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
 def _check_values(x: Tensor, index: Tensor, logits: Tensor, scale: int, mode: str, normalize: str) -> None:

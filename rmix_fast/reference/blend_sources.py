@@ -76,7 +76,7 @@ def blend_sources_backward(
 ) -> tuple[Tensor, Tensor]:
     """d mixed -> (d x, d logits). Source j receives, from each row i, W[b, i] * g[b] for the one b with
     index[i, b] = j (a permutation: a gather, summed over i in order); the logits get the chain rule through
-    the normalisation and the upsampling's adjoint. d logits has the layout of ``empty_like(logits)``."""
+    the normalisation and the upsampling's adjoint. d logits is contiguous."""
     acc = accumulate_dtype(x.dtype)
     g = grad_out.to(acc)
     w = blend_sources_weights(logits, scale, mode, normalize)
@@ -85,7 +85,8 @@ def blend_sources_backward(
     dw = torch.stack([(g * xs[index[i].long()]).sum(dim=1) for i in range(index.shape[0])], dim=1).to(w.dtype)
     if normalize == "softmax":  # softmax's backward: W * (dW - sum_i W_i dW_i)
         dw = w * (dw - (w * dw).sum(dim=1, keepdim=True))
-    grad_logits = torch.empty_like(logits).copy_(_upsample_adjoint(dw, logits.shape, scale, mode))
+    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    grad_logits.copy_(_upsample_adjoint(dw, logits.shape, scale, mode))
     wx = w.to(acc)
     grad_x = torch.zeros_like(g)
     for i in range(index.shape[0]):

@@ -194,7 +194,7 @@ def test_empty_batch():
 def test_errors():
     x, index, logits, grad = inputs(3, 2, 2, 2, 3, 2, torch.float32)
     args = ("bilinear", "softmax")
-    with pytest.raises(ValueError, match=r"each row of index must be a permutation of 0\.\.2; row 1"):
+    with pytest.raises(ValueError, match=r"index row 1 must be a permutation of 0\.\.2"):
         cpp(x, torch.tensor([[0, 1, 2], [0, 0, 2]]), logits, 2, *args)
     with pytest.raises(ValueError, match=r"index must hold indices in \[0, 2\], got values in \[0, 3\]"):
         cpp(x, torch.tensor([[0, 1, 2], [3, 1, 0]]), logits, 2, *args)

@@ -571,7 +571,7 @@ def blend_sources_backward(
     _, _, H, W = grad_out.shape
     grad_x = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device,
                          memory_format=_output_format(grad_out))  # fmt: skip
-    grad_logits = torch.empty_like(logits)
+    grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # contiguous, as the fake
     if grad_out.numel() == 0:
         return grad_x, grad_logits.zero_()
     inverse = torch.empty((n, B), dtype=torch.int32, device=index.device)
