@@ -53,7 +53,9 @@ def make(B=4, C=3, H=9, W=13, K=16, dtype=torch.float32, grad_dtype=None, seed=0
 def check(backend: str, x: Tensor, grad: Tensor, perm: Tensor, lam, offsets: Tensor, **kw) -> Tensor:
     """Runs the backend on ``DEVICE`` and compares with the transcription; returns the backend's shift."""
     dev = [t.to(DEVICE) if isinstance(t, Tensor) else t for t in (x, grad, perm, lam, offsets)]
-    mixed, lam_eff, shift = rmix_fast.sage(dev[0], dev[1], perm=dev[2], lam=dev[3], offsets=dev[4], backend=backend, **kw)
+    mixed, lam_eff, shift = rmix_fast.sage(
+        dev[0], dev[1], perm=dev[2], lam=dev[3], offsets=dev[4], backend=backend, **kw
+    )
     mixed, lam_eff, shift = mixed.cpu(), lam_eff.cpu(), shift.cpu()
     assert mixed.dtype == x.dtype and mixed.shape == x.shape and lam_eff.dtype == torch.float32
     assert shift.dtype == torch.int64 and shift.shape == (x.shape[0], 2)
@@ -96,7 +98,9 @@ def test_layouts(backend, kind):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(("B", "C", "H", "W", "K"), [(1, 3, 8, 8, 9), (3, 1, 2, 3, 6), (2, 2, 1, 5, 5), (5, 3, 16, 7, 30)])
+@pytest.mark.parametrize(
+    ("B", "C", "H", "W", "K"), [(1, 3, 8, 8, 9), (3, 1, 2, 3, 6), (2, 2, 1, 5, 5), (5, 3, 16, 7, 30)]
+)
 def test_shapes(backend, B, C, H, W, K):
     check(backend, *make(B=B, C=C, H=H, W=W, K=K, seed=B + H))
 
@@ -128,7 +132,9 @@ def test_lam_forms(backend):
     check(backend, x, grad, perm, 0.3, offsets)
     check(backend, x, grad, perm, torch.tensor(0.7), offsets)  # 0-d
     check(backend, x, grad, perm, torch.tensor([0.4]).expand(4), offsets)  # stride 0
-    check(backend, x, grad, perm, torch.tensor([0.0, 9.0, 1.0, 9.0, 0.5, 9.0, 0.2, 9.0])[::2], offsets)  # strided, 0 and 1
+    check(
+        backend, x, grad, perm, torch.tensor([0.0, 9.0, 1.0, 9.0, 0.5, 9.0, 0.2, 9.0])[::2], offsets
+    )  # strided, 0 and 1
     check(backend, x, grad, perm.to(torch.int32), 0.5, offsets.to(torch.int32))
 
 
@@ -162,7 +168,7 @@ def test_deterministic(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
-    x, grad, perm, lam, offsets = make(B=0 + 1)
+    x, grad, perm, _, offsets = make(B=1)
     mixed, lam_eff, shift = rmix_fast.sage(x[:0].to(DEVICE), grad[:0].to(DEVICE), perm=perm[:0].to(DEVICE),
                                            lam=0.5, offsets=offsets.to(DEVICE), backend=backend)  # fmt: skip
     assert mixed.shape == (0, 3, 9, 13) and lam_eff.shape == (0,) and shift.shape == (0, 2)

@@ -23,7 +23,9 @@ def _inputs(B: int, C: int, H: int, W: int, seed: int):
 @pytest.mark.parametrize(("B", "C", "H", "W", "K"), [(5, 3, 9, 13, 12), (1, 1, 3, 2, 6), (4, 3, 16, 16, 20)])
 def test_the_reference_is_the_transcription(B, C, H, W, K):
     x, grad, perm, lam, g = _inputs(B, C, H, W, seed=H * W)
-    offsets = torch.stack([torch.randint(-(H - 1), H, (K,), generator=g), torch.randint(-(W - 1), W, (K,), generator=g)], 1)
+    offsets = torch.stack(
+        [torch.randint(-(H - 1), H, (K,), generator=g), torch.randint(-(W - 1), W, (K,), generator=g)], 1
+    )
     want = transcribe(x, grad, perm, lam, offsets)
     mixed, lam_eff, shift, weight = ref.sage_forward(x, grad, perm, lam, offsets, 1.0, 5)
     assert torch.equal(shift, want.shift)
