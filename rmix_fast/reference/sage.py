@@ -142,7 +142,8 @@ def _shift_images(x: Tensor, shift: Tensor) -> Tensor:
     inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
     b = torch.arange(B, device=x.device)[:, None, None]
     out = x[b, :, rows.clamp(0, H - 1)[:, :, None], cols.clamp(0, W - 1)[:, None, :]]  # (B, H, W, C)
-    return (out * inside[..., None]).permute(0, 3, 1, 2)
+    # where, not a product: a non-finite edge pixel must not leak into the zeros outside
+    return torch.where(inside[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device)).permute(0, 3, 1, 2)
 
 
 def sage_backward(grad_out: Tensor, weight: Tensor, perm: Tensor, shift: Tensor) -> Tensor:
