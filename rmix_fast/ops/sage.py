@@ -33,10 +33,17 @@ from rmix_fast.ops._registry import OpSpec, register_op
 __all__ = ["SAGE", "sage"]
 
 
+def _output_format(x: Tensor) -> torch.memory_format:
+    """mixed is channels_last for a channels_last x, else contiguous (as every backend writes it)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _fake(x, grad, perm, lam, offsets, sigma, kernel_size, validate):
     B, _, H, W = x.shape
     return (
-        torch.empty_like(x),
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x)),
         x.new_empty((B,), dtype=torch.float32),
         x.new_empty((B, 2), dtype=torch.int64),
         x.new_empty((B, H, W), dtype=accumulate_dtype(grad.dtype)),
