@@ -147,7 +147,7 @@ def test_blur_options(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_against_the_transcription(backend):
     x, grad, perm, lam, offsets = make(seed=8)
-    xd = x.to(DEVICE).requires_grad_(True)
+    xd = x.detach().clone().to(DEVICE).requires_grad_(True)
     mixed, _, shift = rmix_fast.sage(xd, grad.to(DEVICE), perm=perm.to(DEVICE), lam=lam.to(DEVICE),
                                      offsets=offsets.to(DEVICE), backend=backend)  # fmt: skip
     w = torch.randn(mixed.shape, generator=torch.Generator().manual_seed(9))

@@ -1,6 +1,6 @@
 """The C++ CPU kernels of SAGE (``torch.ops.rmix_fast.sage_cpp``) against the reference
-(``rmix_fast.reference.sage``), called through torch.ops directly: the op's Python registration is not part of
-the package yet. Small shapes: odd, non-square, H or W below the blur's size, B = 1; the extreme shifts;
+(``rmix_fast.reference.sage``), called through torch.ops directly: their own details beyond ``test_sage.py``'s
+comparison of every backend. Small shapes: odd, non-square, H or W below the blur's size, B = 1; the extreme shifts;
 lam 0, 1 and per sample; zero and NaN gradients; every dtype; channels_last and strided inputs; int32 perm
 and offsets; the backward; thread-count independence; errors."""
 
@@ -11,10 +11,7 @@ import torch
 
 import rmix_fast  # noqa: F401  (loads the compiled library)
 from rmix_fast.ops._extension import EXTENSION_PROBLEM
-
-_reference = pytest.importorskip("rmix_fast.reference.sage", reason="SAGE's reference is not in this tree yet")
-sage_backward, sage_forward = _reference.sage_backward, _reference.sage_forward
-sage_saliency, sage_scores = _reference.sage_saliency, _reference.sage_scores
+from rmix_fast.reference.sage import sage_backward, sage_forward, sage_saliency, sage_scores
 
 pytestmark = pytest.mark.skipif(
     EXTENSION_PROBLEM is not None or not hasattr(torch.ops.rmix_fast, "sage_cpp"),

@@ -1,5 +1,6 @@
-"""SAGE's Triton kernels (``rmix_fast.ops._triton.sage``) against the reference, called directly (the op is
-registered elsewhere). Small shapes: under TRITON_INTERPRET=1 the kernels run as serial Python.
+"""SAGE's Triton kernels (``rmix_fast.ops._triton.sage``) against the reference, called directly: their own
+details (launch counts, dtype pairs, layouts) beyond ``test_sage.py``'s comparison of every backend. Small
+shapes: under TRITON_INTERPRET=1 the kernels run as serial Python.
 
 The shift must be the reference's except where the reference's two best scores are within rounding of each
 other (summation order differs); the outputs are then compared with the reference recomputed at the kernel's
