@@ -1,5 +1,6 @@
 """Benchmark of a whole training step: what R-Mix costs on top of vanilla training, the paper's way and
-``rmix_fast``'s way, side by side in one run, plus the half-resolution saliency option's mask agreement.
+``rmix_fast``'s way, and what RL-Mix costs on top of R-Mix, side by side in one run, plus the half-resolution
+saliency option's mask agreement.
 
     python bench/bench_step.py --device cuda     # ResNet-50 @ 224 (B=128, bf16, channels_last), PreActResNet-18 @ 32
     python bench/bench_step.py --device cpu      # small shapes on the CPU
@@ -11,16 +12,38 @@ Methods, each one optimizer step on a random batch (SGD with momentum, soft-targ
 * ``paper``: R-Mix as the paper's code does it: a full ``loss.backward()`` for the saliency (weight
   gradients included, then zeroed), the one-op-per-formula mixing of ``baselines/rmix_paper.py``, then the step;
 * ``rmix_fast``: ``rmix_fast.input_gradient`` (gradient w.r.t. the input only) and ``rmix_fast.RMix``;
-* ``rmix_fast_half``: the same with ``input_gradient(..., resolution=0.5)``.
+* ``rmix_fast_half``: the same with ``input_gradient(..., resolution=0.5)``;
+* ``rlmix``: RL-Mix's step as rmix-train runs it: ``input_gradient(..., return_logits=True)``,
+  ``rmix_fast.mixers.RLMix`` (the agent observes the batch and picks each sample's level), the step, with
+  ``mixer.after_backward()`` (the reward, from the gradient the loss sends to the mixed images) between the
+  backward and the optimizer step; rmix-train's default policy (``sample``).
 
 Each is reported as time per step and as a ratio to vanilla measured in the same run (methods take turns,
-one step each per round). On a GPU the peak memory of a step is recorded too. Beside the timings it runs
-``studies/mask_agreement.py`` (``--agreement``). Writes bench/results/step-<device>-<date>.json and .png.
+one step each per round), and RL-Mix also as a ratio to ``rmix_fast`` (R-Mix): the paper's RL-Mix step took
+twice its R-Mix step; the goal here is at most 1.1x. On a GPU the peak memory of a step is recorded too.
+
+RL-Mix's PPO update runs once per rollout of ``--rl-steps`` steps (default: the authors' 1000 steps in
+minibatches of 250, 10 epochs), far more steps than a benchmark times, and a median would drop the one
+step in a thousand that runs it anyway. So its cost is amortised at that real frequency: RL-Mix's time per
+step is the median of its steps (a rollout that never fills while they are timed, so none of them updates)
+plus the median time of one update divided by ``--rl-steps``. The update is timed on its own agent, on a
+rollout of ``--rl-steps`` steps recorded through the agent's own ``act`` / ``record`` from the benchmark
+batch's observation (the update's cost depends on the rollout's shapes and the settings, not on its
+values), ``--rl-update-reps`` times after a warm-up on a GPU. Both parts are in the JSON (``rl_step_ms``,
+``rl_update_ms``). A smaller ``--rl-steps`` with the same steps / minibatch ratio costs about the same per
+step, the quick way on the CPU: an update's work grows with its rollout, and only its fixed costs per
+minibatch (40 minibatches at the defaults) are spread over fewer steps, so a small rollout overstates the
+cost slightly (on a 2-core CPU at B=32: 26 ms of update per step at 100 / 25, 20 ms at 1000 / 250).
+
+Beside the timings it runs ``studies/mask_agreement.py`` (``--agreement``). Writes
+bench/results/step-<device>-<date>.json and .png.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -37,12 +60,15 @@ from baselines.rmix_paper import paper_input_gradient, paper_rmix
 from studies import mask_agreement
 
 from rmix_fast import CutMix, RMix, SoftTargetCrossEntropy, input_gradient, soft_targets
+from rmix_fast.mixers import RLMix
+from rmix_fast.rl import PPOConfig, observe
 from rmix_fast.sampling import sample_rmix_params
 from rmix_fast.training.models import build_model
 
-METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half")
-# The issue's goals for rmix_fast on a GPU, as ratios to vanilla.
-GOALS = {"rmix_fast": 1.6, "rmix_fast_half": 1.25}
+METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix")
+# The goals on a GPU: method -> (the method its time is a ratio to, the ratio). R-Mix's are the issue's, to
+# vanilla; RL-Mix's is to R-Mix (the paper's RL-Mix step cost 2x its R-Mix step).
+GOALS = {"rmix_fast": ("vanilla", 1.6), "rmix_fast_half": ("vanilla", 1.25), "rlmix": ("rmix_fast", 1.1)}
 
 
 @dataclass(frozen=True)
@@ -88,10 +114,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="half-resolution mask agreement on these models (none: skip; default per device)")  # fmt: skip
     ap.add_argument("--agreement-steps", type=int, help="brief training steps (default 400 on a GPU, 600 on the CPU)")
     ap.add_argument("--agreement-images", type=int, nargs=2, default=[3000, 512], metavar=("TRAIN", "TEST"))
+    defaults = PPOConfig()
+    ap.add_argument("--rl-steps", type=common.positive_int, default=defaults.n_steps,
+                    help="RL-Mix: steps per PPO rollout, i.e. per update (default: the authors' 1000)")  # fmt: skip
+    ap.add_argument("--rl-minibatch", type=common.positive_int, default=defaults.minibatch,
+                    help="RL-Mix: steps per PPO minibatch (default: the authors' 250)")  # fmt: skip
+    ap.add_argument("--rl-update-reps", type=common.positive_int,
+                    help="RL-Mix: timed PPO updates (median; default 3 on a GPU, 1 on the CPU)")  # fmt: skip
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
     args.cases = args.cases or [StepCase.parse(c) for c in DEFAULT_CASES[args.device]]
     args.reps = args.reps or (20 if gpu else 5)
+    args.rl_update_reps = args.rl_update_reps or (3 if gpu else 1)
+    try:
+        args.ppo = PPOConfig(n_steps=args.rl_steps, minibatch=args.rl_minibatch)
+    except ValueError as e:
+        ap.error(f"--rl-steps / --rl-minibatch: {e}")
     args.agreement = DEFAULT_AGREEMENT[args.device] if args.agreement is None else args.agreement
     args.agreement_steps = args.agreement_steps or (400 if gpu else 600)
     if "vanilla" not in args.methods:
@@ -100,9 +138,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class StepRunner:
-    """One model, optimizer and random batch; ``step(method)`` runs one training step of that method."""
+    """One model, optimizer and random batch; ``step(method)`` runs one training step of that method.
 
-    def __init__(self, case: StepCase, device: torch.device, seed: int = 0) -> None:
+    ``rl_steps_timed``: how many RL-Mix steps will be run; its rollout is made at least that long, so that
+    no timed step runs an update (``time_rl_update`` times that on its own)."""
+
+    def __init__(
+        self,
+        case: StepCase,
+        device: torch.device,
+        seed: int = 0,
+        *,
+        ppo: PPOConfig | None = None,
+        rl_steps_timed: int = 0,
+    ) -> None:
         torch.manual_seed(seed)
         fmt = torch.channels_last if case.layout == "channels_last" else torch.contiguous_format
         self.case, self.device = case, device
@@ -117,15 +166,22 @@ class StepRunner:
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.rmix = RMix(case.num_classes, generator=self.gen)
         self.cutmix = CutMix(case.num_classes, generator=self.gen)
+        self.ppo = ppo or PPOConfig()
+        rollout = dataclasses.replace(self.ppo, n_steps=max(self.ppo.n_steps, rl_steps_timed))
+        self.rlmix = RLMix(case.num_classes, generator=self.gen, ppo=rollout).to(device)
         self.autocast: Callable[[], object] = (
             partial(torch.autocast, device.type, dtype=torch.bfloat16) if case.amp == "bf16" else nullcontext
         )
 
-    def _train_on(self, x: torch.Tensor, y_soft: torch.Tensor) -> None:
+    def _train_on(
+        self, x: torch.Tensor, y_soft: torch.Tensor, after_backward: Callable[[], None] | None = None
+    ) -> None:
         with self.autocast():
             loss = self.loss(self.model(x), y_soft)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()  # as rmix-train: between the backward and the optimizer step
         self.opt.step()
 
     def step(self, method: str) -> None:
@@ -144,6 +200,10 @@ class StepRunner:
             with self.autocast():
                 grad = input_gradient(self.model, x, y, resolution=0.5 if method == "rmix_fast_half" else 1.0)
             self._train_on(*self.rmix(x, y, grad))
+        elif method == "rlmix":
+            with self.autocast():
+                grad, logits = input_gradient(self.model, x, y, return_logits=True)
+            self._train_on(*self.rlmix(x, y, grad, logits=logits), after_backward=self.rlmix.after_backward)
         else:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
@@ -157,16 +217,68 @@ class StepRunner:
         return torch.cuda.max_memory_allocated(self.device) / 2**20
 
 
-def time_case(case: StepCase, methods: list[str], device: torch.device, reps: int, warmup: int) -> list[dict]:
-    runner = StepRunner(case, device)
+def time_rl_update(runner: StepRunner, device: torch.device, reps: int, warmup: int) -> dict[str, float | None]:
+    """The median time of one PPO update of ``runner.ppo`` (and on a GPU its peak memory), on a fresh agent
+    whose rollout is recorded through ``act`` / ``record`` from the runner's batch: its observation (the
+    clean pass's saliency and logits) and a reward of that batch's order of magnitude."""
+    case, x, y = runner.case, runner.x, runner.y
+    with runner.autocast():
+        grad, logits = input_gradient(runner.model, x, y, return_logits=True)
+    mixer = RLMix(case.num_classes, generator=torch.Generator().manual_seed(2), ppo=runner.ppo).to(device)
+    agent, gen = mixer.agent, mixer.generator
+    obs = observe(grad, logits, mixer.obs_grid)
+    reward = torch.full((), 0.5, device=device)
+    last_value = torch.zeros((), device=device)
+    times, peak = [], None
+    for i in range(warmup + reps):
+        for _ in range(runner.ppo.n_steps):  # a full rollout: the next act would update first
+            agent.act(obs, torch.rand(x.shape[0], generator=gen), gen)
+            agent.record(reward)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        ms = common.time_once_ms(partial(agent.update, last_value, gen), device)
+        if i >= warmup:
+            times.append(ms)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+    del mixer, agent
+    return {"update_ms": statistics.median(times), "update_peak_memory_mb": peak}
+
+
+def time_case(
+    case: StepCase,
+    methods: list[str],
+    device: torch.device,
+    reps: int,
+    warmup: int,
+    ppo: PPOConfig | None = None,
+    rl_update_reps: int = 1,
+) -> list[dict]:
+    # every timed step, the warm-up's and the peak-memory step too, fits in RL-Mix's rollout: none updates
+    runner = StepRunner(case, device, ppo=ppo, rl_steps_timed=warmup + reps + 1)
     calls = {m: partial(runner.step, m) for m in methods}
     ms = common.interleaved_medians(calls, device, warmup=warmup, reps=reps)
+    rl: dict[str, float | None] = {}
+    if "rlmix" in methods:
+        # the update at its real frequency: one per rollout of ppo.n_steps steps
+        rl = time_rl_update(runner, device, rl_update_reps, warmup=1 if device.type == "cuda" else 0)
+        rl["step_ms"] = ms["rlmix"]
+        ms["rlmix"] += rl["update_ms"] / runner.ppo.n_steps
     rows = []
     for m in methods:
-        ratio = ms[m] / ms["vanilla"]
-        rows.append({**asdict(case), "case": case.label, "method": m, "time_ms": ms[m], "ratio_to_vanilla": ratio,
-                     "images_per_s": case.batch / ms[m] * 1e3, "peak_memory_mb": runner.peak_memory_mb(m),
-                     "goal_ratio": GOALS.get(m), "goal_met": ratio <= GOALS[m] if m in GOALS else None})  # fmt: skip
+        ratios = {f"ratio_to_{base}": ms[m] / ms[base] for base in ("vanilla", "rmix_fast") if base in ms}
+        goal_to, goal = GOALS.get(m, (None, None))
+        ratio = ratios.get(f"ratio_to_{goal_to}")
+        row = {**asdict(case), "case": case.label, "method": m, "time_ms": ms[m], **ratios,
+               "images_per_s": case.batch / ms[m] * 1e3, "peak_memory_mb": runner.peak_memory_mb(m),
+               "goal_to": goal_to, "goal_ratio": goal,
+               "goal_met": ratio <= goal if goal is not None and ratio is not None else None}  # fmt: skip
+        if m == "rlmix":
+            row.update({"rl_step_ms": rl["step_ms"], "rl_update_ms": rl["update_ms"],
+                        "rl_update_peak_memory_mb": rl["update_peak_memory_mb"], "rl_steps": runner.ppo.n_steps,
+                        "rl_minibatch": runner.ppo.minibatch, "rl_epochs": runner.ppo.epochs})  # fmt: skip
+        rows.append(row)
     del runner
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -185,7 +297,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         vals = [by_case[c]["ratio_to_vanilla"] if c in by_case else 0 for c in cases]
         bars = ax.bar(xs, vals, width, label=m)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    for goal, style in zip(GOALS.values(), ("--", ":"), strict=True):
+        goal_to, goal = GOALS.get(m, (None, None))
+        if goal_to not in (None, "vanilla"):  # a goal relative to another method: a tick at its height per case
+            label: str | None = f"{m} goal: {goal}x {goal_to}"
+            for x, c in zip(xs, cases, strict=True):
+                base = next((r for r in rows if r["case"] == c and r["method"] == goal_to), None)
+                if base is not None:
+                    level = goal * base["ratio_to_vanilla"]
+                    ax.plot([x - width / 2, x + width / 2], [level, level], color="black", linewidth=1, label=label)
+                    label = None  # one legend entry
+    vanilla_goals = [goal for goal_to, goal in GOALS.values() if goal_to == "vanilla"]
+    for goal, style in zip(vanilla_goals, ("--", ":"), strict=True):
         ax.axhline(goal, color="grey", linestyle=style, linewidth=0.8)
     ax.set_ylabel("time per step / vanilla (same run)")
     ax.set_xticks(range(len(cases)), cases, fontsize=8)
@@ -203,10 +325,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for case in args.cases:
-        case_rows = time_case(case, args.methods, device, args.reps, args.warmup)
+        case_rows = time_case(case, args.methods, device, args.reps, args.warmup, args.ppo, args.rl_update_reps)
         rows += case_rows
         print(" | ".join(f"{r['method']} {r['time_ms']:.1f} ms ({r['ratio_to_vanilla']:.2f}x)" for r in case_rows),
               f"<- {case.label}", flush=True)  # fmt: skip
+        for r in case_rows:
+            if r["method"] == "rlmix":
+                vs_rmix = f", {r['ratio_to_rmix_fast']:.2f}x rmix_fast" if "ratio_to_rmix_fast" in r else ""
+                print(f"  rlmix: step {r['rl_step_ms']:.1f} ms + update {r['rl_update_ms']:.0f} ms / "
+                      f"{r['rl_steps']} steps = {r['time_ms']:.1f} ms per step{vs_rmix}", flush=True)  # fmt: skip
 
     agreement = []
     for spec in args.agreement:
@@ -220,11 +347,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"full resolution, batch regrouped: {100 * r['regrouped_batch']:.1f} %)", flush=True)  # fmt: skip
 
     stem = args.out or common.results_stem(device, "step")
-    payload = {**env, "reps": args.reps, "warmup": args.warmup, "cases": rows, "mask_agreement": agreement}
+    payload = {**env, "reps": args.reps, "warmup": args.warmup, "rl_update_reps": args.rl_update_reps,
+               "cases": rows, "mask_agreement": agreement}  # fmt: skip
     common.write_json(stem.with_suffix(".json"), payload)
     plot(rows, stem.with_suffix(".png"), f"training step: {env['device_name']}, torch {env['torch']}")
     columns = [("case", "case"), ("method", "method"), ("time_ms", "ms / step"), ("ratio_to_vanilla", "× vanilla"),
-               ("images_per_s", "images/s"), ("peak_memory_mb", "peak MiB"), ("goal_met", "goal met")]  # fmt: skip
+               ("ratio_to_rmix_fast", "× rmix_fast"), ("images_per_s", "images/s"), ("peak_memory_mb", "peak MiB"),
+               ("goal_met", "goal met")]  # fmt: skip
+    if "rmix_fast" not in args.methods:
+        columns = [c for c in columns if c[0] != "ratio_to_rmix_fast"]
     if device.type != "cuda":
         columns = [c for c in columns if c[0] not in ("peak_memory_mb", "goal_met")]
     print(common.markdown_table(rows, columns))

@@ -48,7 +48,8 @@ DEFAULT_WARMUP = 5
 # --------------------------------------------------------------------------------------------- timing
 
 
-def _time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+def time_once_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time in ms of one call of ``fn``, synchronised with the device (CUDA events on a GPU)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -75,7 +76,7 @@ def interleaved_medians(
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(reps):
         for name, fn in calls.items():
-            times[name].append(_time_once_ms(fn, device))
+            times[name].append(time_once_ms(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

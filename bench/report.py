@@ -107,6 +107,16 @@ def op_table(run: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _step_cell(row: dict[str, Any]) -> str:
+    """A method's time and ratio to vanilla; and its ratio to the method its goal is relative to, when that is
+    not vanilla (RL-Mix's to R-Mix)."""
+    cell = f"{row['time_ms']:.1f} ms (**{row['ratio_to_vanilla']:.2f}×**)"
+    base = row.get("goal_to")
+    if base not in (None, "vanilla") and row.get(f"ratio_to_{base}") is not None:
+        cell += f", {row[f'ratio_to_{base}']:.2f}× {base}"
+    return cell
+
+
 def step_table(run: dict[str, Any]) -> str:
     methods = list(dict.fromkeys(r["method"] for r in run["cases"]))
     by_case: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -116,7 +126,7 @@ def step_table(run: dict[str, Any]) -> str:
              "|" + "---|" * (len(methods) + 1)]  # fmt: skip
     for case, v in by_case.items():
         cells = [case, f"{v['vanilla']['time_ms']:.1f}"]
-        cells += [f"{v[m]['time_ms']:.1f} ms (**{v[m]['ratio_to_vanilla']:.2f}×**)" for m in methods if m != "vanilla"]
+        cells += [_step_cell(v[m]) for m in methods if m != "vanilla"]
         lines.append("| " + " | ".join(cells) + " |")
     out = [_header(run), "", "\n".join(lines)]
     for a in run.get("mask_agreement", []):

@@ -396,18 +396,25 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
     bench_step.main(["--device", "cpu", "--cases", "small_cnn:32:4:none:contiguous:10",
                      "small_cnn:32:4:bf16:channels_last:10", "--reps", "1", "--warmup", "1",
                      "--agreement", "small_cnn:32", "--agreement-steps", "3", "--agreement-images", "64", "24",
-                     "--out", str(stem)])  # fmt: skip
+                     "--rl-steps", "6", "--rl-minibatch", "3", "--out", str(stem)])  # fmt: skip
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert stem.with_suffix(".png").stat().st_size > 0
     for key in ENVIRONMENT:
         assert saved[key] is not None, key
     rows = saved["cases"]
     assert len(rows) == 2 * len(bench_step.METHODS)
-    assert {r["method"] for r in rows} == set(bench_step.METHODS)
+    assert {r["method"] for r in rows} == set(bench_step.METHODS) and "rlmix" in bench_step.METHODS
+    by = {(r["case"], r["method"]): r for r in rows}
     for r in rows:
         assert r["time_ms"] > 0 and r["images_per_s"] > 0
         if r["method"] == "vanilla":
             assert r["ratio_to_vanilla"] == 1.0
+        assert r["ratio_to_rmix_fast"] == pytest.approx(r["time_ms"] / by[r["case"], "rmix_fast"]["time_ms"])
+        if r["method"] == "rlmix":  # the update amortised over its rollout; the goal is relative to R-Mix
+            assert (r["rl_steps"], r["rl_minibatch"], r["rl_epochs"]) == (6, 3, 10) and r["rl_update_ms"] > 0
+            assert r["time_ms"] == pytest.approx(r["rl_step_ms"] + r["rl_update_ms"] / 6)
+            assert (r["goal_to"], r["goal_ratio"]) == ("rmix_fast", 1.1)
+            assert r["goal_met"] == (r["ratio_to_rmix_fast"] <= 1.1)
     (agree,) = saved["mask_agreement"]
     assert agree["model"] == "small_cnn" and agree["levels"][0] == 0.0 and len(agree["levels"]) == 10
     for p in ("2", "4"):
@@ -418,6 +425,7 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
     assert 0.0 < agree["agreement"] <= 1.0
     table = report.main([str(stem.with_suffix(".json"))])
     assert "rmix_fast_half" in table and "Half-resolution mask agreement, small_cnn" in table
+    assert "× rmix_fast |" in table  # RL-Mix's ratio to R-Mix beside its ratio to vanilla
 
 
 @pytest.mark.parametrize(
@@ -432,6 +440,23 @@ def test_step_case_rejects_bad_specs(text):
 def test_step_refuses_methods_without_vanilla():
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--device", "cpu", "--methods", "cutmix", "rmix_fast"])
+
+
+def test_step_takes_the_authors_rollout_by_default_and_refuses_a_bad_one():
+    args = bench_step.parse_args(["--device", "cpu"])
+    assert (args.ppo.n_steps, args.ppo.minibatch, args.ppo.epochs) == (1000, 250, 10) and args.rl_update_reps == 1
+    with pytest.raises(SystemExit):
+        bench_step.parse_args(["--device", "cpu", "--rl-steps", "4", "--rl-minibatch", "8"])
+
+
+def test_rlmix_steps_timed_never_update():
+    # the update is timed on its own and amortised: a timed step that ran one would count it twice
+    case = bench_step.StepCase.parse("small_cnn:16:2:none:contiguous:3")
+    runner = bench_step.StepRunner(case, torch.device("cpu"), ppo=bench_step.PPOConfig(n_steps=2, minibatch=1),
+                                   rl_steps_timed=5)  # fmt: skip
+    for _ in range(5):
+        runner.step("rlmix")
+    assert runner.rlmix.agent.n_updates == 0 and runner.rlmix.agent.buffer.pos == 5
 
 
 def test_step_runner_rejects_unknown_method():

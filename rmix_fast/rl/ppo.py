@@ -73,9 +73,14 @@ class PPOConfig:
 def sample_actions(action_logits: Tensor, uniforms: Tensor) -> Tensor:
     """Categorical draws by inverting each row's CDF at its uniform: (..., L) logits, (...) uniforms in
     [0, 1) -> (...) int64 levels. Deterministic given the uniforms, on any device."""
-    cdf = torch.softmax(action_logits.float(), dim=-1).cumsum(-1)
-    # the first level whose CDF exceeds u: a level of probability 0 is never drawn, even at u = 0
-    return (cdf <= uniforms.unsqueeze(-1)).sum(-1).clamp_max(action_logits.shape[-1] - 1)
+    probs = torch.softmax(action_logits.float(), dim=-1)
+    cdf = probs.cumsum(-1)
+    # the first level whose CDF exceeds u: a level of probability 0 is never drawn, even at u = 0. The CDF's
+    # float32 total can end below u (u up to 1 - 2**-24): the draw is then the last level of nonzero
+    # probability, not a trailing level of probability 0 (nor one past the end)
+    levels = torch.arange(probs.shape[-1], device=probs.device)
+    last = torch.where(probs > 0, levels, 0).amax(-1)
+    return torch.minimum((cdf <= uniforms.unsqueeze(-1)).sum(-1), last)
 
 
 def _joint(action_logits: Tensor, actions: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -304,6 +309,9 @@ class PPOAgent(nn.Module):
             "buffer": self.buffer.state() if self.buffer is not None else None,
             "num_timesteps": self.num_timesteps,
             "n_updates": self.n_updates,
+            # the last update's losses: reported with every epoch until the next update, so a resumed run's
+            # epochs before its first update report what an uninterrupted run's do
+            "last_stats": dict(self.last_stats),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -316,6 +324,8 @@ class PPOAgent(nn.Module):
         self.buffer = RolloutBuffer.from_state(copy.deepcopy(buffer)).to(device) if buffer is not None else None
         self.num_timesteps = int(state["num_timesteps"])
         self.n_updates = int(state["n_updates"])
+        # a checkpoint written before the stats were saved has none (reported again after the next update)
+        self.last_stats = {k: v.to(device, copy=True) for k, v in state.get("last_stats", {}).items()}
         self._acted = False
         self._synced = True  # every rank loads the same weights
 

@@ -213,6 +213,35 @@ def test_state_dict_resumes_the_agent_exactly():
         assert torch.equal(pa, pb)
 
 
+def test_a_restored_agent_reports_the_last_update_as_the_saved_one():
+    # rmix-train saves between epochs: an epoch after the checkpoint that does not update reports the last
+    # update's losses in both the uninterrupted and the resumed run
+    g = torch.Generator().manual_seed(1)
+    model = ToyCNN(4)
+    x, y = torch.rand(5, 3, 16, 16, generator=g), torch.randint(4, (5,), generator=g)
+
+    def mixer() -> rmix_fast.RLMix:
+        return rmix_fast.RLMix(4, generator=torch.Generator().manual_seed(2), ppo=SMALL_PPO)
+
+    a = mixer()
+    for _ in range(4):  # the 4th step updates
+        _train_step(model, a, x, y)
+        a.after_backward()
+    a.end_epoch()
+    first = a.epoch_stats()
+    assert first["rl_updates"] == 1 and "rl_policy_loss" in first
+    b = mixer()
+    b.load_state_dict(a.state_dict())
+    b.generator.set_state(a.generator.get_state())
+    for m in (a, b):  # an epoch of 2 steps: no update
+        for _ in range(2):
+            _train_step(model, m, x, y)
+            m.after_backward()
+        m.end_epoch()
+    stats_a, stats_b = a.epoch_stats(), b.epoch_stats()
+    assert stats_b == stats_a and stats_b["rl_policy_loss"] == first["rl_policy_loss"]
+
+
 # ------------------------------------------------------------------------------------------------ bad use
 @pytest.mark.parametrize(
     ("kwargs", "match"),

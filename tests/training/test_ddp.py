@@ -1,5 +1,5 @@
-"""R-Mix, and Manifold Mixup with a clean loss, under DistributedDataParallel with 2 CPU processes on gloo,
-launched with torchrun."""
+"""R-Mix, Manifold Mixup with a clean loss and RL-Mix under DistributedDataParallel with 2 CPU processes on
+gloo, launched with torchrun; and rmix-train's RL-Mix under torchrun, stopped after a checkpoint and resumed."""
 
 from __future__ import annotations
 
@@ -10,20 +10,28 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from rmix_fast.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow  # end-to-end runs
 
 
-def test_steps_under_ddp_with_torchrun(tmp_path):
+def torchrun(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m module args`` with this checkout's package, one thread per process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "tests.helpers.ddp_worker", str(tmp_path)]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", module, *args]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"torchrun failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return run
+
+
+def test_steps_under_ddp_with_torchrun(tmp_path):
+    torchrun("tests.helpers.ddp_worker", str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rec in ranks:
         assert rec["world"] == 2 and len(rec["losses"]) == 4  # both ranks stepped
@@ -38,3 +46,68 @@ def test_steps_under_ddp_with_torchrun(tmp_path):
         assert rec["manifold_hooks"] == [0] * 4
     assert ranks[0]["manifold_layers"] != ranks[1]["manifold_layers"]  # the ranks drew for themselves
     assert ranks[0]["manifold_checksums"] == ranks[1]["manifold_checksums"]
+
+
+def test_rlmix_agent_under_ddp_with_torchrun(tmp_path):
+    torchrun("tests.helpers.ddp_rlmix_worker", str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # the ranks built different policies; the first act made both rank 0's, and every update kept them equal
+    assert ranks[0]["initial_policy"] != ranks[1]["initial_policy"]
+    assert ranks[0]["policy_checksums"] == ranks[1]["policy_checksums"]
+    assert ranks[1]["policy_checksums"][0] == ranks[0]["initial_policy"]
+    assert ranks[0]["policy_checksums"][4] != ranks[0]["policy_checksums"][3]  # the 5th act updated
+    for rec in ranks:
+        assert rec["n_updates"] == 2 and rec["stats"]["rl_updates"] == 2
+        # each of the 2 x 4 Adam steps was given the ranks' mean gradient, as one process holding both
+        # rollouts computes it, and the replayed updates end on the agent's policy: both bit for bit
+        assert [exact for grads in rec["mean_grads"] for exact, _ in grads] == [True] * 8
+        assert [exact for exact, _ in rec["replayed_policy"]] == [True, True]
+    # each rank learned from its own data: its own batches, draws, rewards and minibatch losses
+    for key in ("losses", "actions", "rewards", "local_losses"):
+        assert ranks[0][key] != ranks[1][key], key
+    assert ranks[0]["stats"]["rl_reward"] != ranks[1]["stats"]["rl_reward"]
+
+
+def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
+    # 2 steps per rank and epoch, rollouts of 3 steps: the 4th act (epoch 2) updates, epoch 3 does not
+    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40",
+            "--batch-size", "20", "--no-progress", "--method", "rlmix", "--epochs", "3",
+            "--agent-steps", "3", "--agent-minibatch", "2", "--agent-epochs", "2"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    torchrun("rmix_fast.train", *args, "--out", str(whole))
+    torchrun("tests.helpers.stop_after_epoch", "2", *args, "--out", str(stopped))
+
+    state = load_checkpoint(stopped / "checkpoint.pt")
+    assert state["epoch"] == 1
+    lagging = json.loads((stopped / "metrics.json").read_text())  # stopped before epoch 2's metrics
+    assert len(lagging["history"]) == 1 and not lagging["complete"]
+    assert len(state["mixer_ranks"]) == 2
+    agents = [mixer["agent._extra_state"] for mixer in state["mixer_ranks"]]
+    assert [a["n_updates"] for a in agents] == [1, 1]
+    # one policy: its weights and its optimizer's moments bit-identical on both ranks
+    policies = [{k: v for k, v in mixer.items() if k.startswith("agent.policy.")} for mixer in state["mixer_ranks"]]
+    assert policies[0].keys() == policies[1].keys() and len(policies[0]) > 0
+    assert all(torch.equal(policies[0][k], policies[1][k]) for k in policies[0])
+    moments = [a["optimizer"]["state"] for a in agents]
+    assert moments[0].keys() == moments[1].keys() and len(moments[0]) > 0
+    for i in moments[0]:
+        assert all(torch.equal(moments[0][i][k], moments[1][i][k]) for k in ("exp_avg", "exp_avg_sq"))
+    buffers = [a["buffer"] for a in agents]
+    assert [b["pos"] for b in buffers] == [1, 1]
+    assert not torch.equal(buffers[0]["saliency"], buffers[1]["saliency"])  # each rank its own rollout
+    assert not torch.equal(buffers[0]["rewards"][:1], buffers[1]["rewards"][:1])
+    assert state["mixer"].keys() == state["mixer_ranks"][0].keys()  # rank 0's own, for a single-process resume
+
+    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
+    assert "resumed from" in resumed.stdout
+    timing = ("seconds", "images_per_s")
+    results = []
+    for run in (whole, stopped):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["world_size"] == 2
+        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
+        results.append((history, metrics["final"]))
+    # epoch 3 does not update: both runs report epoch 2's update there (the resumed one from the checkpoint)
+    assert results[1] == results[0]
+    assert "rl_policy_loss" in results[1][0][2]
+    assert [row["rl_updates"] for row in results[0][0]] == [0, 1, 1]
