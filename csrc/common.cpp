@@ -15,8 +15,12 @@ bool is_float(const at::Tensor& t) {
 
 }  // namespace
 
-void check_image(const char* name, const at::Tensor& t) {
+void check_float_tensor(const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(is_float(t), name, " must be float16, bfloat16, float32 or float64, got dtype ", t.scalar_type());
+}
+
+void check_image(const char* name, const at::Tensor& t) {
+  check_float_tensor(name, t);
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be 4-D (B, C, H, W), got shape ", t.sizes());
 }
 

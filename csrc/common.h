@@ -31,6 +31,8 @@ at::ScalarType accumulate_type(at::ScalarType dtype);
 // Argument checks that read no tensor contents (no sync), with the messages of rmix_fast/ops/_checks.py:
 // TORCH_CHECK_VALUE / TORCH_CHECK_TYPE reach Python as ValueError / TypeError.
 
+// A float16/bfloat16/float32/float64 tensor of any shape.
+void check_float_tensor(const char* name, const at::Tensor& t);
 // A (B, C, H, W) float16/bfloat16/float32/float64 tensor.
 void check_image(const char* name, const at::Tensor& t);
 // t is on x's device.

@@ -35,6 +35,12 @@ TORCH_LIBRARY(rmix_fast, m) {
             "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor q, int grid, bool validate)"
             " -> (Tensor, Tensor, Tensor)",
             "(Tensor grad_out, Tensor mask, Tensor perm, Tensor lam) -> Tensor");
+
+  // SAGE: smoothed saliency, the search over the partner's candidate shifts, the soft-mask blend.
+  define_op(m, "sage",
+            "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor offsets, float sigma, int kernel_size,"
+            " bool validate) -> (Tensor, Tensor, Tensor, Tensor)",
+            "(Tensor grad_out, Tensor weight, Tensor perm, Tensor shift) -> Tensor");
 }
 
 }  // namespace rmix_fast

@@ -4,6 +4,7 @@ import). Kernels live in ``ops._triton.<op>`` and ``csrc/``, the ground truth in
 from rmix_fast.ops._backends import BackendInfo, available_backends, resolve_backend
 from rmix_fast.ops.blend_regions import BLEND, OWN, PARTNER, blend_regions, regions_from_mask
 from rmix_fast.ops.rmix import rmix, saliency_grid
+from rmix_fast.ops.sage import sage
 
 __all__ = [
     "BLEND",
@@ -15,5 +16,6 @@ __all__ = [
     "regions_from_mask",
     "resolve_backend",
     "rmix",
+    "sage",
     "saliency_grid",
 ]

@@ -45,7 +45,8 @@ def _hooks(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("method", tuple(METHODS))
 def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method):
-    trainer, twin, mixer, x, y = _setup(tmp_path, method)
+    # SAGE's defaults weigh a clean loss in: turned off here, the step is its mix alone too
+    trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", "0", "--mix-loss-weight", "1")
     assert trainer.args.clean_loss_weight == 0
     loss, _, x_mix, grad = trainer.step(x, y)
     assert _hooks(trainer.model) == 0
@@ -73,7 +74,7 @@ def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method)
         assert torch.equal(p.grad, q.grad)
 
 
-@pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold"])
+@pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold", "sage"])
 def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
     W = 0.3
     trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", str(W), "--label-smoothing", "0.1")
@@ -95,7 +96,9 @@ def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
         with mixer.mixing(x, y, dx, layers=twin.mix_layers()) as (x_in, y_soft):
             logits = twin(x_in)
     mixed_loss = trainer.criterion(logits, y_soft)
-    mixed = torch.autograd.grad(mixed_loss, params)
+    weight = trainer.args.mix_loss_weight  # 0.7 by SAGE's defaults, else 1
+    assert weight == (0.7 if method == "sage" else 1.0)
+    mixed = torch.autograd.grad(mixed_loss * weight if weight != 1 else mixed_loss, params)
     assert torch.equal(loss, mixed_loss.detach())  # the logged loss is the mixed batch's
     for p, c, m in zip(trainer.model.parameters(), clean, mixed, strict=True):
         assert torch.equal(p.grad, c + m)
