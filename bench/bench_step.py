@@ -16,7 +16,11 @@ Methods, each one optimizer step on a random batch (SGD with momentum, soft-targ
 * ``rlmix``: RL-Mix's step as rmix-train runs it: ``input_gradient(..., return_logits=True)``,
   ``rmix_fast.mixers.RLMix`` (the agent observes the batch and picks each sample's level), the step, with
   ``mixer.after_backward()`` (the reward, from the gradient the loss sends to the mixed images) between the
-  backward and the optimizer step; rmix-train's default policy (``sample``).
+  backward and the optimizer step; rmix-train's default policy (``sample``);
+* ``sage``: SAGE's step as its code and ``rmix-train --method sage`` run it: the clean batch's loss times
+  0.3 runs a full backward (its weight gradients are kept: ``clean_loss_backward``) and gives the saliency,
+  ``rmix_fast.SAGE`` mixes (39 candidate shifts at 32 px, 1998 at 224 px), the mixed loss times 0.7 adds its
+  gradients, one optimizer step. Its goal: at most 2.1x vanilla (the clean pass's full backward is part of it).
 
 Each is reported as time per step and as a ratio to vanilla measured in the same run (methods take turns,
 one step each per round), and RL-Mix also as a ratio to ``rmix_fast`` (R-Mix): the paper's RL-Mix step took
@@ -59,16 +63,21 @@ import common
 from baselines.rmix_paper import paper_input_gradient, paper_rmix
 from studies import mask_agreement
 
-from rmix_fast import CutMix, RMix, SoftTargetCrossEntropy, input_gradient, soft_targets
+from rmix_fast import SAGE, CutMix, RMix, SoftTargetCrossEntropy, clean_loss_backward, input_gradient, soft_targets
 from rmix_fast.mixers import RLMix
 from rmix_fast.rl import PPOConfig, observe
 from rmix_fast.sampling import sample_rmix_params
 from rmix_fast.training.models import build_model
 
-METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix")
+METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix", "sage")
 # The goals on a GPU: method -> (the method its time is a ratio to, the ratio). R-Mix's are the issue's, to
 # vanilla; RL-Mix's is to R-Mix (the paper's RL-Mix step cost 2x its R-Mix step).
-GOALS = {"rmix_fast": ("vanilla", 1.6), "rmix_fast_half": ("vanilla", 1.25), "rlmix": ("rmix_fast", 1.1)}
+GOALS = {
+    "rmix_fast": ("vanilla", 1.6),
+    "rmix_fast_half": ("vanilla", 1.25),
+    "rlmix": ("rmix_fast", 1.1),
+    "sage": ("vanilla", 2.1),
+}
 
 
 @dataclass(frozen=True)
@@ -169,17 +178,25 @@ class StepRunner:
         self.ppo = ppo or PPOConfig()
         rollout = dataclasses.replace(self.ppo, n_steps=max(self.ppo.n_steps, rl_steps_timed))
         self.rlmix = RLMix(case.num_classes, generator=self.gen, ppo=rollout).to(device)
+        self.sage = SAGE(case.num_classes, generator=self.gen)
         self.autocast: Callable[[], object] = (
             partial(torch.autocast, device.type, dtype=torch.bfloat16) if case.amp == "bf16" else nullcontext
         )
 
     def _train_on(
-        self, x: torch.Tensor, y_soft: torch.Tensor, after_backward: Callable[[], None] | None = None
+        self,
+        x: torch.Tensor,
+        y_soft: torch.Tensor,
+        after_backward: Callable[[], None] | None = None,
+        *,
+        weight: float = 1.0,
+        keep_grads: bool = False,
     ) -> None:
         with self.autocast():
             loss = self.loss(self.model(x), y_soft)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if not keep_grads:  # SAGE keeps the clean pass's weight gradients for this step
+            self.opt.zero_grad(set_to_none=True)
+        (loss * weight if weight != 1 else loss).backward()
         if after_backward is not None:
             after_backward()  # as rmix-train: between the backward and the optimizer step
         self.opt.step()
@@ -204,6 +221,11 @@ class StepRunner:
             with self.autocast():
                 grad, logits = input_gradient(self.model, x, y, return_logits=True)
             self._train_on(*self.rlmix(x, y, grad, logits=logits), after_backward=self.rlmix.after_backward)
+        elif method == "sage":
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                grad, _ = clean_loss_backward(self.model, x, soft_targets(y, K), weight=0.3, loss_fn=self.loss)
+            self._train_on(*self.sage(x, y, grad), weight=0.7, keep_grads=True)
         else:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
@@ -307,7 +329,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                     ax.plot([x - width / 2, x + width / 2], [level, level], color="black", linewidth=1, label=label)
                     label = None  # one legend entry
     vanilla_goals = [goal for goal_to, goal in GOALS.values() if goal_to == "vanilla"]
-    for goal, style in zip(vanilla_goals, ("--", ":"), strict=True):
+    for goal, style in zip(vanilla_goals, ("--", ":", "-."), strict=True):
         ax.axhline(goal, color="grey", linestyle=style, linewidth=0.8)
     ax.set_ylabel("time per step / vanilla (same run)")
     ax.set_xticks(range(len(cases)), cases, fontsize=8)

@@ -42,6 +42,7 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 COPY = "copy"
 DEFAULT_REPS = 30
+DEFAULT_WARMUP = 5
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -300,6 +301,9 @@ class CaseSetup:
     calls: dict[str, Callable[[], object]]  # provider -> one call; the providers that apply to this case
     nbytes: int  # the op's byte model: bytes read + written by one call
     copy_of: torch.Tensor  # the yardstick is ``out.copy_(copy_of)``, timed in the same case
+    # Figures of the case the op adds to each of its rows, e.g. a baseline's predicted memory and why it was not
+    # timed: a provider left out of ``calls`` has no row, so its reason lives here.
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,9 @@ class OpBenchmark:
     default_dtypes: dict[str, list[str]] = field(
         default_factory=lambda: {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
     )
+    # --reps and --warmup per device where the op's calls are too slow for the defaults (DEFAULT_REPS, DEFAULT_WARMUP)
+    default_reps: dict[str, int] = field(default_factory=dict)
+    default_warmup: dict[str, int] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)  # the op's constants, for the JSON (e.g. lam)
 
 
@@ -357,8 +364,17 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return b, c, h, w
 
 
+def _per_device(default: int, by_device: dict[str, int]) -> str:
+    """A default that some devices override, as help text: "cpu: 5, otherwise 30"."""
+    return ", ".join(
+        [*(f"{d}: {n}" for d, n in by_device.items()), f"otherwise {default}" if by_device else str(default)]
+    )
+
+
 def op_parser(spec: OpBenchmark) -> argparse.ArgumentParser:
-    ap = base_parser(spec.description, spec.name, f"default {DEFAULT_REPS}")
+    ap = base_parser(spec.description, spec.name, f"default {_per_device(DEFAULT_REPS, spec.default_reps)}")
+    ap.add_argument("--warmup", type=positive_int, help="untimed calls of each provider before the timed ones "
+                    f"(default {_per_device(DEFAULT_WARMUP, spec.default_warmup)})")  # fmt: skip
     defaults = "; ".join(f"{d}: {' '.join(v)}" for d, v in spec.default_shapes.items())
     ap.add_argument("--shapes", nargs="+", type=parse_shape, help=f"BxCxHxW (default {defaults})")
     defaults = "; ".join(f"{d}: {' '.join(v)}" for d, v in spec.default_dtypes.items())
@@ -410,13 +426,13 @@ def compiled(fn: Callable) -> Callable:
 
 
 def measure_case(case: Case, setup: CaseSetup, device: torch.device, *, reps: int, peak_gbps: float,
-                 speedup_over: Iterable[str]) -> list[dict[str, Any]]:  # fmt: skip
+                 speedup_over: Iterable[str], warmup: int = DEFAULT_WARMUP) -> list[dict[str, Any]]:  # fmt: skip
     """Every provider of one case and the same-size copy, side by side; one row per provider."""
     out = torch.empty_like(setup.copy_of)
     src = setup.copy_of
     calls = {**setup.calls, COPY: lambda: out.copy_(src)}
     copy_bytes = 2 * src.nbytes
-    ms = interleaved_medians(calls, device, reps=reps)
+    ms = interleaved_medians(calls, device, warmup=warmup, reps=reps)
     graph_ms: dict[str, float | None] = dict.fromkeys(calls)
     graph_err: dict[str, str] = {}
     launches: dict[str, int | None] = dict.fromkeys(calls)
@@ -430,7 +446,7 @@ def measure_case(case: Case, setup: CaseSetup, device: torch.device, *, reps: in
             launches[name] = kernel_launches(fn)
     copy_gbps = copy_bytes / ms[COPY] / 1e6
     copy_graph_gbps = copy_bytes / graph_ms[COPY] / 1e6 if graph_ms[COPY] else None
-    base = {**case.fields(), "bytes": setup.nbytes, "copy_gbps": copy_gbps}
+    base = {**case.fields(), **setup.fields, "bytes": setup.nbytes, "copy_gbps": copy_gbps}
     rows = []
     for name, t in ms.items():
         nbytes = copy_bytes if name == COPY else setup.nbytes
@@ -493,6 +509,13 @@ def plot(rows: list[dict], keys: list[str], path: Path, title: str) -> None:
         xs = [i + (k - (len(providers) - 1) / 2) * width for i in range(len(cases))]
         for ax, key in zip(axes, (time_key, gbps_key), strict=True):
             ax.bar(xs, [(by_case[c][key] or 0) if c in by_case else 0 for c in cases], width, label=prov)
+        # A provider the case skipped for a reason (``<provider>_status``, e.g. a baseline's memory wall): say so
+        # where its bar would be.
+        status = {case_key(r, keys): r.get(f"{prov}_status") for r in rows}
+        for x, c in zip(xs, cases, strict=True):
+            if c not in by_case and status.get(c) and status[c].startswith("skipped"):
+                axes[0].text(x, 0.03, status[c].split(" (")[0], transform=axes[0].get_xaxis_transform(),
+                             rotation=90, ha="center", va="bottom", fontsize=7)  # fmt: skip
     what = "GPU time, CUDA graph, cold L2" if gpu else "eager time"
     axes[0].set_ylabel(f"median {what} (ms, log)")
     axes[0].set_yscale("log")
@@ -510,7 +533,8 @@ def run_op_benchmark(spec: OpBenchmark, argv: list[str] | None = None) -> dict[s
     args = op_parser(spec).parse_args(argv)
     device, env = start_run(spec.script, args.device, args.threads, argv)
     providers = select_providers(spec, device, args.providers)
-    reps = args.reps or DEFAULT_REPS
+    reps = args.reps or spec.default_reps.get(device.type, DEFAULT_REPS)
+    warmup = args.warmup or spec.default_warmup.get(device.type, DEFAULT_WARMUP)
     shapes = args.shapes or [parse_shape(s) for s in spec.default_shapes[device.type]]
     dtypes = [getattr(torch, d) for d in args.dtypes or spec.default_dtypes[device.type]]
     cases = [
@@ -527,13 +551,15 @@ def run_op_benchmark(spec: OpBenchmark, argv: list[str] | None = None) -> dict[s
     stem = args.out or results_stem(device, spec.name)
     payload: dict[str, Any] = {**env, "bench": spec.name, "schema": SCHEMA, "providers": providers,
                                "peak_copy_gbps": peak, "byte_model": spec.byte_model, "validate": False,
-                               "reps": reps, **spec.record, "speedup_over": list(spec.speedup_over),
+                               "reps": reps, "warmup": warmup, **spec.record, "speedup_over": list(spec.speedup_over),
                                "case_keys": [*cases[0].fields()], "complete": False, "cases": [],
                                "goals": []}  # fmt: skip
     rows: list[dict[str, Any]] = payload["cases"]
     for case in cases:
         setup = spec.setup(case, [p for p in providers if p != COPY], device)
-        case_rows = measure_case(case, setup, device, reps=reps, peak_gbps=peak, speedup_over=spec.speedup_over)
+        case_rows = measure_case(
+            case, setup, device, reps=reps, peak_gbps=peak, speedup_over=spec.speedup_over, warmup=warmup
+        )
         rows += case_rows
         write_json(stem.with_suffix(".json"), payload)  # a run cut short keeps its finished cases
         print(" | ".join(f"{r['provider']} {r['time_ms']:.3f} ms" for r in case_rows),

@@ -1,5 +1,5 @@
 """Markdown tables of recorded runs, for bench/README.md: one table per op benchmark run (``bench_rmix.py``,
-``bench_blend_regions.py``) with its goals, the step table with the half-resolution mask agreement
+``bench_blend_regions.py``, ``bench_sage.py``) with its goals, the step table with the half-resolution mask agreement
 (``bench_step.py``), and the probes of ``gpu_checks.py`` with their failed checks.
 
     python bench/report.py bench/results/rmix-<device>-<date>.json bench/results/blend_regions-<...>.json \\
@@ -19,7 +19,7 @@ from typing import Any
 
 # Providers shown as "fast": their own columns of % copy and speed-ups. The others get a time column only.
 FAST = ("triton", "cpp")
-HEADERS = {"grid": "p"}
+HEADERS = {"grid": "p", "candidates": "K"}
 # What a file without these fields was: bench_rmix.py before the shared runner.
 OLD_RMIX = {"bench": "rmix", "case_keys": ["shape", "dtype", "layout", "grid"], "speedup_over": ["paper", "reference"]}
 
@@ -50,6 +50,15 @@ def _case_cell(key: str, value: object) -> str:
     return str(value)
 
 
+def _time_cell(rows: dict[str, dict], provider: str, spec: str) -> str:
+    """A provider's time in a case; where it has no row, why, if the case says (``<provider>_status``, e.g.
+    bench_sage's "skipped: needs 28.9 GB" for the published loop): its memory wall instead of a time."""
+    if provider in rows:
+        return _fmt(rows[provider]["time_ms"], spec)
+    status = next((r.get(f"{provider}_status") for r in rows.values() if r.get(f"{provider}_status")), None)
+    return f"– ({status.split(' (')[0]})" if status and status != "timed" else "–"
+
+
 def op_table(run: dict[str, Any]) -> str:
     """Per case: the time of every provider, then for each fast provider its % of the same-size copy and
     its speed-ups, and on a GPU its CUDA-graph time."""
@@ -73,8 +82,8 @@ def op_table(run: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for case, v in by_case.items():
         cells = [_case_cell(k, c) for k, c in zip(keys, case, strict=True)]
-        cells += [_fmt(v[p]["time_ms"] if p in v else None) for p in slow]
-        cells += [_fmt(v[p]["time_ms"] if p in v else None, ".3f") for p in fast]
+        cells += [_time_cell(v, p, ".2f") for p in slow]
+        cells += [_time_cell(v, p, ".3f") for p in fast]
         cells.append(_fmt(v["copy"]["time_ms"], ".3f"))
         for p in fast:
             r = v.get(p) or {}
@@ -179,7 +188,7 @@ def render(run: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = "JSON files of bench_rmix.py / bench_blend_regions.py / bench_step.py / gpu_checks.py"
+    what = "JSON files of bench_rmix.py / bench_blend_regions.py / bench_sage.py / bench_step.py / gpu_checks.py"
     ap.add_argument("results", nargs="+", type=Path, help=what)
     args = ap.parse_args(argv)
     text = "\n\n".join(render(json.loads(path.read_text())) for path in args.results)

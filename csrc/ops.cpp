@@ -41,6 +41,11 @@ TORCH_LIBRARY(rmix_fast, m) {
             "(Tensor x, Tensor index, Tensor logits, int scale, str mode, str normalize, bool validate) -> Tensor",
             "(Tensor grad_out, Tensor x, Tensor index, Tensor logits, int scale, str mode, str normalize)"
             " -> (Tensor, Tensor)");
+  // SAGE: smoothed saliency, the search over the partner's candidate shifts, the soft-mask blend.
+  define_op(m, "sage",
+            "(Tensor x, Tensor grad, Tensor perm, Tensor lam, Tensor offsets, float sigma, int kernel_size,"
+            " bool validate) -> (Tensor, Tensor, Tensor, Tensor)",
+            "(Tensor grad_out, Tensor weight, Tensor perm, Tensor shift) -> Tensor");
 }
 
 }  // namespace rmix_fast

@@ -10,7 +10,7 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
+from rmix_fast.mixers import SAGE, CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -21,10 +21,11 @@ from rmix_fast.ops import (
     blend_sources,
     regions_from_mask,
     rmix,
+    sage,
     saliency_grid,
 )
 from rmix_fast.saliency import clean_loss_backward, input_gradient
-from rmix_fast.sampling import RMixParams, sample_rmix_params
+from rmix_fast.sampling import RMixParams, SageParams, sample_rmix_params, sample_sage_params
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "BLEND",
     "OWN",
     "PARTNER",
+    "SAGE",
     "BackendInfo",
     "CutMix",
     "ManifoldMixup",
@@ -40,6 +42,7 @@ __all__ = [
     "RLMix",
     "RMix",
     "RMixParams",
+    "SageParams",
     "SoftTargetBCEWithLogits",
     "SoftTargetCrossEntropy",
     "__version__",
@@ -50,7 +53,9 @@ __all__ = [
     "input_gradient",
     "regions_from_mask",
     "rmix",
+    "sage",
     "saliency_grid",
     "sample_rmix_params",
+    "sample_sage_params",
     "soft_targets",
 ]

@@ -19,11 +19,15 @@ from torch import Tensor
 
 __all__ = [
     "RMixParams",
+    "SageParams",
     "check_grids",
     "check_levels",
     "paper_levels",
+    "sage_candidates",
     "sample_beta",
     "sample_rmix_params",
+    "sample_sage_params",
+    "shift_of_index",
     "to_device",
 ]
 
@@ -138,4 +142,67 @@ def sample_rmix_params(
         lam=to_device(lam.to(torch.float32), device),
         q=to_device(q.to(torch.float32), device),
         grid=grid,
+    )
+
+
+@dataclass(frozen=True)
+class SageParams:
+    """One batch's SAGE draw: pass as ``sage(x, grad, perm=p.perm, lam=p.lam, offsets=p.offsets)``."""
+
+    perm: Tensor  # (B,) int64 permutation
+    lam: Tensor  # (B,) float32 saliency scale: Beta(alpha, alpha) * upper, one value repeated unless per sample
+    offsets: Tensor  # (K, 2) int64 candidate shifts (dy, dx)
+
+
+def sage_candidates(height: int, width: int) -> int:
+    """How many integer shifts of an H x W image keep some overlap: (2H - 1)(2W - 1)."""
+    return (2 * height - 1) * (2 * width - 1)
+
+
+def shift_of_index(index: Tensor, height: int, width: int) -> Tensor:
+    """(K,) indices in [0, (2H - 1)(2W - 1)) -> (K, 2) shifts (dy, dx): dy = (H - 1) - index mod (2H - 1),
+    dx = (W - 1) - index div (2H - 1). For square images this is the order of the SAGE code's candidate grid
+    (``coord``), so the same random prefix picks the same shifts as the authors'."""
+    rows = 2 * height - 1
+    return torch.stack([(height - 1) - index % rows, (width - 1) - index // rows], dim=1).to(torch.int64)
+
+
+def sample_sage_params(
+    batch_size: int,
+    height: int,
+    width: int,
+    *,
+    alpha: float = 1.0,
+    upper: float = 0.5,
+    rand_pos: float = 0.01,
+    per_sample_lam: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> SageParams:
+    """Draws one batch's SAGE parameters the published code's way.
+
+    lam = Beta(alpha, alpha) * ``upper`` (one per batch unless ``per_sample_lam``), a random partner, and
+    K = max(1, floor((2H - 1)(2W - 1) * rand_pos)) candidate shifts drawn without replacement from all
+    shifts (the zero shift is then not always among them; the code's K = 0 would fail at the argmax). The
+    draws are made on the CPU ``generator`` and moved to ``device`` without blocking the host.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    for name, value in (("upper", upper), ("rand_pos", rand_pos)):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    total = sage_candidates(height, width)
+    k = max(1, int(total * rand_pos))
+    lam = sample_beta(alpha, batch_size if per_sample_lam else 1, generator) * upper
+    lam = lam.expand(batch_size) if not per_sample_lam else lam
+    perm = torch.randperm(batch_size, generator=generator)
+    offsets = shift_of_index(torch.randperm(total, generator=generator)[:k], height, width)
+    return SageParams(
+        perm=to_device(perm, device),
+        lam=to_device(lam.to(torch.float32), device),
+        offsets=to_device(offsets, device),
     )

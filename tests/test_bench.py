@@ -17,17 +17,20 @@ import pytest
 import torch
 
 import rmix_fast
-from rmix_fast import BLEND, OWN, PARTNER, reference
-from rmix_fast.sampling import paper_levels
+from rmix_fast import BLEND, OWN, PARTNER, clean_loss_backward, reference, soft_targets
+from rmix_fast.reference.sage import sage_forward
+from rmix_fast.sampling import paper_levels, sample_sage_params
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_blend_regions  # noqa: E402
 import bench_rmix  # noqa: E402
+import bench_sage  # noqa: E402
 import bench_step  # noqa: E402
 import common  # noqa: E402
 import report  # noqa: E402
+from baselines import sage_paper  # noqa: E402
 from baselines.rmix_paper import paper_input_gradient, paper_rmix  # noqa: E402
 from studies import mask_agreement  # noqa: E402
 
@@ -104,6 +107,71 @@ def test_paper_input_gradient_is_the_input_gradient_and_clears_weight_grads():
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,rand_pos", [((6, 3, 16, 16), 0.05), ((5, 1, 8, 8), 0.2), ((1, 3, 12, 12), 0.05)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sage_paper_baseline_matches_reference(dtype, shape, rand_pos, channels_last):
+    """The published loop and the op's reference pick the same shifts and give the same mix: the baseline is
+    the op's function, computed the slow way."""
+    B, _, H, W = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=fmt)
+    grad = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=fmt)
+    p = sample_sage_params(B, H, W, rand_pos=rand_pos, generator=g)
+    lam = float(p.lam[0])
+    mixed, lam_eff, shift = sage_paper.paper_sage(x, grad, p.perm, lam, p.offsets)
+    want_mixed, want_lam_eff, want_shift, _ = sage_forward(x, grad, p.perm, p.lam.to(dtype), p.offsets, 1.0, 5)
+    assert torch.equal(shift, want_shift)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(mixed, want_mixed, atol=tol, rtol=tol)
+    torch.testing.assert_close(lam_eff.float(), want_lam_eff, atol=tol, rtol=0)
+
+
+def test_sage_paper_refuses_non_square_images():
+    x = torch.randn(2, 1, 8, 6)
+    with pytest.raises(ValueError, match="square"):
+        sage_paper.paper_sage(x, x, torch.tensor([1, 0]), 0.3, torch.zeros(1, 2, dtype=torch.int64))
+
+
+def _allocated_peak(fn) -> int:
+    """The peak of the bytes allocated and not yet freed during ``fn()`` on the CPU, from torch.profiler's memory
+    events in time order (the output freed before the profile ends)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("B,C,W,K", [(4, 3, 8, 20), (3, 1, 16, 200), (16, 3, 12, 5), (40, 1, 10, 50), (64, 3, 12, 3)])
+def test_sage_paper_peak_prediction_is_what_it_allocates(B, C, W, K):
+    """The memory wall the benchmark reports is the baseline's own: its predicted peak equals what it allocates,
+    whichever phase dominates (the loop's K canvases, or the batch's after it when B is large)."""
+    g = torch.Generator().manual_seed(B + W)
+    x, grad = torch.randn(B, C, W, W, generator=g), torch.randn(B, C, W, W, generator=g)
+    offsets = torch.randint(-W + 1, W, (K, 2), generator=g)
+    measured = _allocated_peak(lambda: sage_paper.paper_sage(x, grad, torch.randperm(B, generator=g), 0.3, offsets))
+    assert sage_paper.peak_bytes(B, C, W, K) == pytest.approx(measured, rel=0.01)
+
+
+def test_sage_paper_plan_reports_the_memory_wall_at_224():
+    # (K, 1, 3W, 3W) float32 at W = 224, K = 1998: 3.6 GB per tensor, eight of them alive in the loop
+    assert 4 * 1998 * (3 * 224) ** 2 == pytest.approx(3.61e9, rel=1e-3)
+    wall = sage_paper.peak_bytes(64, 3, 224, 1998)
+    assert 28.9e9 < wall < 30e9 and sage_paper.peak_bytes(1, 3, 224, 1998) > 28.8e9  # whatever the batch size
+    plan = sage_paper.plan((64, 3, 224, 224), 1998, CPU)
+    assert not plan.fits and plan.budget <= sage_paper.CPU_CAP_BYTES
+    assert plan.note.startswith("skipped: needs 29.8 GB (") and "CPU cap" in plan.note
+    assert sage_paper.plan((100, 3, 32, 32), 39, CPU).note == "timed"
+    assert sage_paper.plan((64, 3, 224, 224), 1998, CPU, max_bytes=40 << 30).fits
+
+
 # -------------------------------------------------------------------------------- the op benchmarks
 
 
@@ -151,6 +219,56 @@ def test_bench_blend_regions_writes_every_figure(tmp_path, dtype):
     assert f"| 2×3×8×8 | {dtype} | NCHW | cutmix:4 |" in table and "regions" in table
 
 
+def test_bench_sage_writes_every_figure_and_the_baselines_wall(tmp_path):
+    """Tiny cases: the baseline is timed where its predicted peak fits under --paper-max-gb, skipped with its
+    need recorded where it does not, and left out of non-float32 and non-square cases; the report shows why."""
+    stem = tmp_path / "sage"
+    providers = ["reference", *FAST_CPU, "paper"]
+    small, large = sage_paper.peak_bytes(3, 3, 8, 2), sage_paper.peak_bytes(3, 3, 12, 5)  # K = 1% of the shifts
+    assert small < large
+    payload = bench_sage.main(["--device", "cpu", "--shapes", "3x3x8x8", "3x3x12x12", "3x3x8x6", "--dtypes",
+                               "float32", "bfloat16", "--providers", *providers, "--reps", "1", "--warmup", "1",
+                               "--paper-max-gb", str((small + large) / 2e9), "--out", str(stem)])  # fmt: skip
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert stem.with_suffix(".png").stat().st_size > 0
+    assert saved == json.loads(json.dumps(payload))
+    for key in (*ENVIRONMENT, "peak_copy_gbps", "byte_model", "reps", "warmup", "lam", "rand_pos", "providers"):
+        assert saved[key] is not None, key
+    assert saved["bench"] == "sage" and saved["complete"] is True and saved["goals"] == []
+    assert saved["case_keys"] == ["shape", "dtype", "layout", "candidates"] and saved["providers"][-1] == "copy"
+    rows = saved["cases"]
+    timed = {("3x3x8x8", "float32")}
+    for r in rows:
+        for key in PER_ROW:
+            assert r[key] > 0, key
+        for key in GPU_ONLY:
+            assert r[key] is None, key
+        B, C, H, W = map(int, r["shape"].split("x"))
+        K = int((2 * H - 1) * (2 * W - 1) * 0.01)
+        assert r["candidates"] == K and r["search_pixels"] == B * K * H * W
+        item = 4 if r["dtype"] == "float32" else 2
+        assert r["bytes"] == 4 * B * C * H * W * item  # grad + 2 x + mixed
+        if H == W:
+            assert r["paper_peak_gb"] == pytest.approx(sage_paper.peak_bytes(B, C, W, K) / 1e9)
+        case = (r["shape"], r["dtype"])
+        if case in timed:
+            assert r["paper_status"] == "timed" and r["speedup_vs_paper"] > 0
+        elif H != W:
+            assert r["paper_status"] == "n/a: square images only" and r["paper_peak_gb"] is None
+        elif r["dtype"] != "float32":
+            assert r["paper_status"].startswith("n/a: float32 only")
+        else:
+            assert r["paper_status"].startswith(f"skipped: needs {large / 1e9:.3g} GB (")
+        assert (r["provider"] == "paper") <= (case in timed)
+        assert r["speedup_vs_reference"] > 0
+    want = {(s, d, lay) for s in ("3x3x8x8", "3x3x12x12", "3x3x8x6") for d in ("float32", "bfloat16")
+            for lay in ("contiguous", "channels_last")}  # fmt: skip
+    assert {(r["shape"], r["dtype"], r["layout"]) for r in rows} == want
+    assert {r["provider"] for r in rows} == {*providers, "copy"}
+    table = report.main([str(stem.with_suffix(".json"))])
+    assert "| 3×3×12×12 | float32 | NCHW | 5 | – (skipped: needs" in table and "| K |" in table
+
+
 def test_region_maps_are_what_the_mixers_hand_the_engine():
     g = torch.Generator().manual_seed(0)
     mixup = bench_blend_regions.region_map("mixup", 3, g)
@@ -177,6 +295,7 @@ def test_region_maps_are_what_the_mixers_hand_the_engine():
         (bench_blend_regions, ["--providers", "paper"], "unknown provider"),  # rmix's baseline is not the engine's
         (bench_rmix, ["--shapes", "4x3x16x16", "--grids", "5"], "no case fits"),
         (bench_blend_regions, ["--shapes", "4x3x16x16", "--regions", "rmix:5"], "no case fits"),
+        (bench_sage, ["--providers", "compiled"], "unknown provider"),  # no compiled reference for SAGE
     ],
 )
 def test_op_benchmarks_refuse_bad_providers_and_empty_runs(script, args, message, tmp_path):
@@ -198,6 +317,9 @@ def test_op_benchmarks_refuse_bad_providers_and_empty_runs(script, args, message
         (bench_blend_regions, ["--regions", "mixup:2"]),
         (bench_blend_regions, ["--regions", "box:4"]),
         (bench_blend_regions, ["--threads", "-1"]),
+        (bench_sage, ["--rand-pos", "0"]),
+        (bench_sage, ["--rand-pos", "1.5"]),
+        (bench_sage, ["--warmup", "0"]),
     ],
 )
 def test_op_benchmarks_refuse_bad_cases(script, args, tmp_path, capsys):
@@ -293,6 +415,9 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
             assert r["time_ms"] == pytest.approx(r["rl_step_ms"] + r["rl_update_ms"] / 6)
             assert (r["goal_to"], r["goal_ratio"]) == ("rmix_fast", 1.1)
             assert r["goal_met"] == (r["ratio_to_rmix_fast"] <= 1.1)
+        if r["method"] == "sage":  # its clean pass is a full backward: the goal is relative to vanilla
+            assert (r["goal_to"], r["goal_ratio"]) == ("vanilla", 2.1)
+            assert r["goal_met"] == (r["ratio_to_vanilla"] <= 2.1)
     (agree,) = saved["mask_agreement"]
     assert agree["model"] == "small_cnn" and agree["levels"][0] == 0.0 and len(agree["levels"]) == 10
     for p in ("2", "4"):
@@ -313,6 +438,32 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
 def test_step_case_rejects_bad_specs(text):
     with pytest.raises((SystemExit, ValueError)):
         bench_step.parse_args(["--device", "cpu", "--cases", text])
+
+
+def test_sage_step_keeps_the_clean_gradients_and_weights_both_losses():
+    """The step is (0.3 clean + 0.7 mixed) as SAGE's code: replayed by hand from the same draws."""
+    case = bench_step.StepCase.parse("small_cnn:16:4:none:contiguous:5")
+    runner = bench_step.StepRunner(case, torch.device("cpu"))
+    model, opt = runner.model, runner.opt
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = runner.gen.get_state()
+    runner.step("sage")
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(before[n])
+    for s in opt.state.values():
+        s.clear()
+    runner.gen.set_state(state)
+    x, y = runner.x, runner.y
+    t = soft_targets(y, 5)
+    opt.zero_grad(set_to_none=True)
+    grad, _ = clean_loss_backward(model, x, t, weight=0.3, loss_fn=runner.loss)
+    x_mix, y_soft = runner.sage(x, y, grad)
+    (runner.loss(model(x_mix), y_soft) * 0.7).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), after[n], rtol=1e-6, atol=1e-7)
 
 
 def test_step_refuses_methods_without_vanilla():
@@ -367,8 +518,8 @@ def test_every_recorded_result_renders(path):
 
 @pytest.mark.parametrize(
     "script",
-    ["bench_rmix.py", "bench_blend_regions.py", "bench_step.py", "studies/mask_agreement.py", "report.py",
-     "gpu_checks.py"],
+    ["bench_rmix.py", "bench_blend_regions.py", "bench_sage.py", "bench_step.py", "studies/mask_agreement.py",
+     "report.py", "gpu_checks.py"],
 )  # fmt: skip
 def test_every_script_has_help(script):
     done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120)
@@ -386,12 +537,11 @@ def test_gpu_session_names_files_that_exist():
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_session.sh")]).returncode == 0
     root = BENCH.parent
     named = re.findall(r"(?:tests|bench)/[\w/]+\.py", script)
-    assert {"bench/bench_rmix.py", "bench/bench_blend_regions.py", "bench/bench_step.py", "bench/gpu_checks.py"} <= set(
-        named
-    )
+    benchmarks = ("bench_rmix", "bench_blend_regions", "bench_sage", "bench_step", "gpu_checks")
+    assert {f"bench/{name}.py" for name in benchmarks} <= set(named)
     for name in named:
         assert (root / name).is_file(), name
-    stages = ("build", "checks", "tests", "bench_rmix", "bench_blend_regions", "bench_step")
+    stages = ("build", "checks", "tests", "bench_rmix", "bench_blend_regions", "bench_sage", "bench_step")
     for stage in stages:
         assert f"wants {stage}" in script
     # the two calls: correctness first (the checks before the tests), then the benchmarks; together every stage

@@ -17,5 +17,17 @@ from rmix_fast.mixers.manifold import ManifoldMixup
 from rmix_fast.mixers.mixup import Mixup
 from rmix_fast.mixers.rlmix import RLMix
 from rmix_fast.mixers.rmix import RMix
+from rmix_fast.mixers.sage import SAGE
 
-__all__ = ["CutMix", "ManifoldMixup", "MixParams", "Mixer", "Mixup", "RLMix", "RMix", "RegionMixer", "soft_targets"]
+__all__ = [
+    "SAGE",
+    "CutMix",
+    "ManifoldMixup",
+    "MixParams",
+    "Mixer",
+    "Mixup",
+    "RLMix",
+    "RMix",
+    "RegionMixer",
+    "soft_targets",
+]

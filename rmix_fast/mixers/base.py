@@ -40,6 +40,8 @@ class MixParams:
     regions: Tensor | None = None  # (B, gh, gw) int8 region codes, for methods that draw a code map
     layer: int | None = None  # Manifold Mixup: 0 for the input, k for the output of the k-th mixable layer
     actions: Tensor | None = None  # RL-Mix: (B,) int64 level index each sample's q was chosen as
+    shift: Tensor | None = None  # SAGE: (B, 2) int64 shift (dy, dx) of each sample's partner
+    offsets: Tensor | None = None  # SAGE: (K, 2) int64 candidate shifts searched
 
     def region_map(self) -> Tensor | None:
         """(B, gh, gw) int8 codes of how each cell of each mixed image was made (``BLEND``, ``OWN``,

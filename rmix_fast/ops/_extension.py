@@ -14,7 +14,7 @@ import torch
 REBUILD = "pip install torch setuptools wheel ninja && pip install --no-build-isolation -e ."
 # Every op of the package (tests/ops/test_op_contracts.py keeps this in step with the registered OpSpecs);
 # a library built from older sources lacks some.
-COMPILED_OPS = ("blend_regions", "blend_sources", "rmix")
+COMPILED_OPS = ("blend_regions", "blend_sources", "rmix", "sage")
 OP_NAMES = tuple(f"{op}_cpp{suffix}" for op in COMPILED_OPS for suffix in ("", "_backward"))
 
 

@@ -86,6 +86,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--saliency-resolution", type=float, default=1.0, help="image fraction the saliency pass sees")
     add("--clean-loss-weight", type=float, default=0.0, help="W > 0: the clean batch's loss, times W, also "
         "trains (its gradients join the mixed loss's; the saliency comes from its backward); any method")  # fmt: skip
+    add("--mix-loss-weight", type=float, default=1.0, help="the (mixed) batch's loss is multiplied by this; with "
+        "--clean-loss-weight W it weighs the two signals (SAGE's update_ratio r: W = 1 - r, this = r)")  # fmt: skip
 
     add = group("data")
     add("--dataset", choices=DATASET_NAMES, default="shapes", help="dataset (shapes is generated, no files)")
@@ -163,6 +165,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--weight-decay, --fgsm-eps and --crop-padding must be >= 0")
     if not 0.0 <= args.clean_loss_weight < math.inf:
         parser.error(f"--clean-loss-weight must be a finite number >= 0, got {args.clean_loss_weight}")
+    if not 0.0 < args.mix_loss_weight < math.inf:
+        parser.error(f"--mix-loss-weight must be a finite number > 0, got {args.mix_loss_weight}")
     if not 0.0 < args.saliency_resolution <= 1.0:
         parser.error(f"--saliency-resolution must lie in (0, 1], got {args.saliency_resolution}")
     if args.milestones is not None and any(m < 1 or m > args.epochs for m in args.milestones):

@@ -197,7 +197,8 @@ class Trainer:
         With ``--clean-loss-weight W > 0`` the clean batch's loss (the run's loss on its own targets) is a
         training signal too: one backward of ``W * clean_loss`` leaves its parameter gradients in ``.grad`` for
         the mixed loss's backward to add to, and gives the input gradient (a positive multiple of the clean
-        loss's, which the mixers use only up to scale) for a method that needs one."""
+        loss's, which the mixers use only up to scale) for a method that needs one. ``--mix-loss-weight``
+        scales the mixed loss's backward (the returned loss is unweighted)."""
         a = self.args
         grad = clean_logits = None
         needs_grad = self.mixer is not None and self.mixer.needs_grad
@@ -235,7 +236,8 @@ class Trainer:
             with mixing as (x_mix, y_soft):
                 logits = self.forward_model(x_mix)
             loss = self.criterion(logits, y_soft)
-        self.scaler.scale(loss).backward()
+        weighted = loss * a.mix_loss_weight if a.mix_loss_weight != 1 else loss
+        self.scaler.scale(weighted).backward()
         if self.mixer is not None:
             self.mixer.after_backward()  # a learned mixer reads the step's gradients (RL-Mix's reward)
         self.scaler.step(self.optimizer)

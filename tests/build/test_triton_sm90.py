@@ -37,6 +37,7 @@ def test_every_kernel_builds_for_sm90():
         "rmix: grids 2 and 4, batches 64 and 37 -> 1 variant per kernel per (dtype, layout)",
         "blend_sources kernels: 128-bit image loads and stores where dense, 64-bit offsets where needed, no FMA",
         "blend_sources: scales 8, 16, 32, batches 64 and 37 -> 1 variant per kernel per (dtype, layout)",
+        "sage kernels: no FMA, 64-bit offsets for the big view, 1 variant per kernel per (dtype, layout)",
         "built ",
     ):
         assert line in run.stdout, f"missing {line!r} in:\n{run.stdout}"

@@ -16,7 +16,9 @@ Checks, each printed as one line the test reads:
   dense layouts and in grad_x on NCHW; 64-bit offsets for the big view; one variant per (dtype, layout)
   for any batch size, scale and low-res map (grad_logits: per scale and map, for any batch size);
 * one compiled variant per (dtype, layout) for 100 CutMix batches (their box-aligned grids differ) and
-  for R-Mix's grids p in {2, 4} and batch sizes.
+  for R-Mix's grids p in {2, 4} and batch sizes;
+* SAGE's kernels: no FMA, 64-bit offsets for the big view, one variant per (dtype, layout) whatever the
+  candidate count and the batch size.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from rmix_fast.mixers import CutMix
 from rmix_fast.ops._triton import blend_regions as blend_kernels
 from rmix_fast.ops._triton import blend_sources as sources_kernels
 from rmix_fast.ops._triton import rmix as rmix_kernels
+from rmix_fast.ops._triton import sage as sage_kernels
 from rmix_fast.ops._triton._launch import Launch
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -295,12 +298,61 @@ def check_variants() -> None:
     print("blend_sources: scales 8, 16, 32, batches 64 and 37 -> 1 variant per kernel per (dtype, layout)")
 
 
+def plan_sage(x: torch.Tensor, grad: torch.Tensor, K: int) -> list[Launch]:
+    """SAGE's five launches (four forward, one backward) as its launchers plan them."""
+    B, _, H, W = x.shape
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    maps = torch.empty((B, H, W), dtype=acc, device=META)
+    perm, lam = torch.empty(B, dtype=torch.int64, device=META), torch.empty(B, dtype=acc, device=META)
+    offsets = torch.empty((K, 2), dtype=torch.int64, device=META)
+    scores = torch.empty((B, K), dtype=acc, device=META)
+    taps = torch.empty(5, dtype=acc, device=META)
+    shift = torch.empty((B, 2), dtype=torch.int64, device=META)
+    out = torch.empty_like(x)
+    return [
+        sage_kernels.plan_saliency(grad, maps),
+        sage_kernels.plan_blur(maps, taps, maps),
+        sage_kernels.plan_search(maps, perm, lam, offsets, scores),
+        sage_kernels.plan_blend(x, out, maps, scores, perm, lam, offsets, maps, lam, shift),
+        sage_kernels.plan_backward(x, out, maps, perm, shift),
+    ]
+
+
+def check_sage_kernels() -> None:
+    """Every SAGE kernel for every dtype and layout at CIFAR and ImageNet sizes: builds, no FMA; 64-bit
+    offsets for the big view (and only there); one variant per (dtype, layout) over K and B."""
+    for dtype in DTYPES:
+        for layout in LAYOUTS:
+            for B, H, W, K in ((100, 32, 32, 39), (256, 224, 224, 1998)):
+                for launch in plan_sage(images(B, 3, H, W, dtype, layout), images(B, 3, H, W, dtype, layout), K):
+                    built = build(launch)
+                    assert count(FMA, built.ptx) == 0, f"{built.name} {dtype} {layout} {H}x{W}: FMA in the PTX"
+    view = torch.empty((3, 4096, 512, 512), dtype=torch.bfloat16, device=META).permute(1, 0, 2, 3)
+    wide = plan_sage(view, view, 39)
+    for launch in (wide[0], wide[3], wide[4]):
+        assert launch.constexprs["WIDE"], f"{launch.kernel.__name__}: 64-bit offsets not chosen for the big view"
+        ptx = build(launch).ptx
+        assert count(r"\bmul\.wide\.[su]32\b|\bmul\.lo\.s64\b|\bmad\.wide\.[su]32\b", ptx) > 0, "no 64-bit offsets"
+    narrow = plan_sage(*(images(256, 3, 224, 224, torch.bfloat16, "strided"),) * 2, 39)
+    assert not any(launch.constexprs.get("WIDE") for launch in narrow), "64-bit offsets where 32 bits suffice"
+    for dtype, layout in [(torch.float32, "nchw"), (torch.bfloat16, "nhwc")]:
+        keys: dict[str, set] = {}
+        for B, K in ((100, 39), (100, 40), (37, 1), (64, 961)):
+            x = images(B, 3, 32, 32, dtype, layout)
+            for launch in plan_sage(x, x, K):
+                keys.setdefault(launch.kernel.__name__, set()).add(specialise(launch)[0])
+        counts = {name: len(k) for name, k in keys.items()}
+        assert set(counts.values()) == {1}, f"SAGE {dtype} {layout}: variants {counts}"
+    print("sage kernels: no FMA, 64-bit offsets for the big view, 1 variant per kernel per (dtype, layout)")
+
+
 def main() -> int:
     check_blend_kernels()
     check_wide_offsets()
     check_saliency_kernels()
     check_sources_kernels()
     check_variants()
+    check_sage_kernels()
     names = Counter(built.name for built in _BUILT.values())
     print(f"built {len(_BUILT)} kernels for sm_90 with triton {triton.__version__}: {dict(sorted(names.items()))}")
     return 0

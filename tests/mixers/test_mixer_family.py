@@ -14,7 +14,7 @@ from rmix_fast import reference
 from tests.helpers.cases import BACKENDS, DEVICE
 from tests.helpers.mixer_cases import K, batch, clean_logits, expected_targets, make
 
-MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.ManifoldMixup, rmix_fast.RLMix]
+MIXERS = [rmix_fast.RMix, rmix_fast.Mixup, rmix_fast.CutMix, rmix_fast.ManifoldMixup, rmix_fast.RLMix, rmix_fast.SAGE]
 
 
 def _rmix_mix(x, grad, p):
@@ -35,6 +35,12 @@ def _cutmix_mix(x, grad, p):
     return want, torch.full((x.shape[0],), 1 - area, device=DEVICE)
 
 
+def _sage_mix(x, grad, p):
+    mixed, lam_eff, shift, _ = reference.sage_forward(x, grad, p.perm, p.lam, p.offsets, 1.0, 5)
+    assert torch.equal(p.shift, shift)
+    return mixed, lam_eff
+
+
 # Each method's mix, written from its definition (not through the blend engine where avoidable).
 # Manifold Mixup called on images (no layers) can only draw the input layer: Mixup of the images.
 EXPECTED_MIX = {
@@ -43,6 +49,7 @@ EXPECTED_MIX = {
     rmix_fast.CutMix: _cutmix_mix,
     rmix_fast.ManifoldMixup: _mixup_mix,
     rmix_fast.RLMix: _rmix_mix,  # R-Mix with the levels its agent chose (p.q)
+    rmix_fast.SAGE: _sage_mix,
 }
 
 
@@ -82,8 +89,8 @@ def test_small_and_odd_batches(cls, B):
     x, y, grad = batch(B=B)
     x_mix, y_soft = make(cls)(x, y, grad, logits=clean_logits(x))
     assert x_mix.shape == x.shape and y_soft.shape == (B, K)
-    if B == 1:  # mixed with itself: unchanged, with its own label
-        assert torch.equal(x_mix, x)
+    if B == 1:  # mixed with itself: its own label; unchanged, except SAGE's (itself shifted: another image)
+        assert cls is rmix_fast.SAGE or torch.equal(x_mix, x)
         assert torch.equal(y_soft, F.one_hot(y, K).float())
 
 
@@ -185,6 +192,9 @@ def test_a_mixer_is_a_module_and_its_region_map_is_what_it_blended(cls):
     assert (mixer.state_dict() != {}) == (cls is rmix_fast.RLMix)  # only RL-Mix's agent is state
     x_mix, _ = mixer(x, y, grad, logits=clean_logits(x))
     p = mixer.last_params
+    if cls is rmix_fast.SAGE:  # a soft per-pixel mask: no region map
+        assert p.region_map() is None
+        return
     mixed, lam_eff = rmix_fast.blend_regions(x, perm=p.perm, lam=p.lam, regions=p.region_map(), backend="reference")
     torch.testing.assert_close(x_mix, mixed)
     torch.testing.assert_close(lam_eff, p.lam_eff)

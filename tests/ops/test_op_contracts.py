@@ -46,6 +46,14 @@ def blend_sources_inputs(batch: int, dtype: torch.dtype, shape: tuple[int, int, 
     return x, index, logits, 2, "bilinear", "softmax", True
 
 
+def sage_inputs(batch: int, dtype: torch.dtype, shape: tuple[int, int, int]) -> tuple:
+    g = torch.Generator().manual_seed(3)
+    x, grad = _images(g, batch, dtype, shape), _images(g, batch, dtype, shape)
+    H, W = shape[1:]
+    offsets = torch.tensor([[0, 0], [1, -2], [-(H - 1), W - 1], [H // 2, 1]])
+    return x, grad, torch.randperm(batch, generator=g), _levels(g, batch).to(dtype), offsets, 1.0, 5, True
+
+
 def _zero_perm(index: int):
     return lambda a: (*a[:index], torch.zeros_like(a[index]), *a[index + 1 :])
 
@@ -92,6 +100,20 @@ CONTRACTS = {
             (lambda a: (*a[:5], 4), ValueError, "grid=4 must divide both H=8 and W=6"),
         ],
     ),
+    "sage": OpContract(
+        name="sage",
+        inputs=sage_inputs,
+        public=lambda a, backend: rmix_fast.sage(
+            a[0], a[1], perm=a[2], lam=a[3], offsets=a[4], sigma=a[5], kernel_size=a[6], backend=backend
+        ),
+        break_content=(_zero_perm(2), "perm must be a permutation"),
+        scalars={3: 0.3},
+        bad_arguments=[
+            (lambda a: (a[0], a[1].tolist(), *a[2:]), TypeError, "grad must be a torch.Tensor"),
+            (lambda a: (*a[:4], a[4].float(), *a[5:]), TypeError, "offsets must be an integer tensor"),
+            (lambda a: (*a[:6], 4), ValueError, "kernel_size must be odd"),
+        ],
+    ),
 }
 
 
@@ -99,7 +121,14 @@ def test_every_registered_op_has_a_contract_and_a_compiled_kernel():
     assert set(CONTRACTS) == set(OPS) == set(COMPILED_OPS)
 
 
-CASES = [(op, backend) for op in CONTRACTS for backend in BACKENDS if backend in OPS[op].forward]
+# sage's "cpp" backend is a CPU kernel only (its GPU kernels are Triton's).
+CPU_ONLY_CPP = {"sage"}
+CASES = [
+    (op, backend)
+    for op in CONTRACTS
+    for backend in BACKENDS
+    if backend in OPS[op].forward and not (backend == "cpp" and op in CPU_ONLY_CPP and DEVICE.type != "cpu")
+]
 
 
 @pytest.mark.parametrize("check", list(CHECKS))

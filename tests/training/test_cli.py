@@ -96,6 +96,8 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
         ("tests.helpers.stateful_method", "stateful", []),
         # RL-Mix: 5 steps an epoch, rollouts of 4, so the checkpoint falls inside a rollout
         ("rmix_fast.train", "rlmix", ["--agent-steps", "4", "--agent-minibatch", "2"]),
+        # SAGE with its published update: the clean loss's gradients kept, both losses weighted
+        ("rmix_fast.train", "sage", []),
     ],
 )
 def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
@@ -202,7 +204,7 @@ def test_console_scripts_and_module_entry_points():
     help_text = subprocess.run(
         [sys.executable, "-m", "rmix_fast.train", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
-    assert "--method {vanilla,mixup,cutmix,rmix,manifold}" in help_text
+    assert "--method {" + ",".join(METHODS) + "}" in help_text
     assert "--clean-loss-weight" in help_text
     for script in ("rmix-train", "rmix-eval"):
         path = Path(sys.executable).parent / script

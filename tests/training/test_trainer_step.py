@@ -31,6 +31,7 @@ def _setup(tmp_path, method: str, *extra: str) -> tuple[Trainer, torch.nn.Module
     trainer.start_fresh()
     twin_mixer = METHODS[method].build(args, trainer.num_classes)
     if trainer.mixer is not None:
+        twin_mixer.load_state_dict(trainer.mixer.state_dict())  # a learned mixer's state (RL-Mix's policy)
         trainer.mixer.generator = torch.Generator().manual_seed(SEED)
         twin_mixer.generator = torch.Generator().manual_seed(SEED)
     xb, yb, _ = next(iter(iterate_batches(trainer.train_set, trainer._batches(0)[:1], device=trainer.device)))
@@ -44,7 +45,8 @@ def _hooks(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("method", tuple(METHODS))
 def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method):
-    trainer, twin, mixer, x, y = _setup(tmp_path, method)
+    # SAGE's defaults weigh a clean loss in: turned off here, the step is its mix alone too
+    trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", "0", "--mix-loss-weight", "1")
     assert trainer.args.clean_loss_weight == 0
     loss, _, x_mix, grad = trainer.step(x, y)
     assert _hooks(trainer.model) == 0
@@ -52,22 +54,27 @@ def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method)
         assert trainer.mixer.last_params.layer == 2 and torch.equal(x_mix, x)
 
     # the step as written before the clean loss existed: saliency pass, mix, loss, backward
-    want_grad = input_gradient(twin, x, y) if mixer is not None and mixer.needs_grad else None
+    want_grad = clean = None
+    if mixer is not None and mixer.needs_grad:
+        want_grad, clean = input_gradient(twin, x, y, return_logits=True)
     if mixer is None:
         want_x, y_soft = x, soft_targets(y, trainer.num_classes)
         logits = twin(want_x)
     else:
-        with mixer.mixing(x, y, want_grad, layers=twin.mix_layers()) as (want_x, y_soft):
+        observed = clean if mixer.needs_logits else None
+        with mixer.mixing(x, y, want_grad, layers=twin.mix_layers(), logits=observed) as (want_x, y_soft):
             logits = twin(want_x)
     want_loss = trainer.criterion(logits, y_soft)
     want_loss.backward()
+    if mixer is not None:
+        mixer.after_backward()
     assert torch.equal(loss, want_loss.detach()) and torch.equal(x_mix, want_x)
     assert (grad is None) == (want_grad is None) and (grad is None or torch.equal(grad, want_grad))
     for p, q in zip(trainer.model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
 
 
-@pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold"])
+@pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold", "sage"])
 def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
     W = 0.3
     trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", str(W), "--label-smoothing", "0.1")
@@ -89,7 +96,9 @@ def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
         with mixer.mixing(x, y, dx, layers=twin.mix_layers()) as (x_in, y_soft):
             logits = twin(x_in)
     mixed_loss = trainer.criterion(logits, y_soft)
-    mixed = torch.autograd.grad(mixed_loss, params)
+    weight = trainer.args.mix_loss_weight  # 0.7 by SAGE's defaults, else 1
+    assert weight == (0.7 if method == "sage" else 1.0)
+    mixed = torch.autograd.grad(mixed_loss * weight if weight != 1 else mixed_loss, params)
     assert torch.equal(loss, mixed_loss.detach())  # the logged loss is the mixed batch's
     for p, c, m in zip(trainer.model.parameters(), clean, mixed, strict=True):
         assert torch.equal(p.grad, c + m)
