@@ -8,7 +8,14 @@ import os
 import subprocess
 import sys
 
-LIBRARY_MODULES = ("rmix_fast", "rmix_fast.ops", "rmix_fast.mixers", "rmix_fast.reference", "rmix_fast.viz")
+LIBRARY_MODULES = (
+    "rmix_fast",
+    "rmix_fast.adautomix",
+    "rmix_fast.ops",
+    "rmix_fast.mixers",
+    "rmix_fast.reference",
+    "rmix_fast.viz",
+)
 FORBIDDEN = ("rmix_fast.training", "rmix_fast.train", "rmix_fast.compare", "rmix_fast.demo", "matplotlib")
 
 
