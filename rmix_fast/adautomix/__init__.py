@@ -1,4 +1,6 @@
-"""AdAutoMix (Qin et al., ICLR 2024; JinXins/Adversarial-AutoMixup): the mask generator.
+"""AdAutoMix (Qin et al., ICLR 2024; JinXins/Adversarial-AutoMixup): the pieces of its mixer. ``generator``:
+the mask generator (below); ``ema``: the EMA teacher and its momentum schedule; ``draws``: each iteration's
+mixing ratios and sources. Each module's docstring says what it takes from the published code.
 
 What it computes
 ----------------
@@ -75,6 +77,17 @@ All of these leave the result equal to the published computation up to rounding,
     ``lam_residual``, constructor arguments the forward never reads.
 """
 
+from rmix_fast.adautomix.draws import AdAutoMixDraw, lam_fallback, sample_adautomix
+from rmix_fast.adautomix.ema import EmaTeacher, ema_momentum, ema_update_, frozen_copy
 from rmix_fast.adautomix.generator import MaskGenerator
 
-__all__ = ["MaskGenerator"]
+__all__ = [
+    "AdAutoMixDraw",
+    "EmaTeacher",
+    "MaskGenerator",
+    "ema_momentum",
+    "ema_update_",
+    "frozen_copy",
+    "lam_fallback",
+    "sample_adautomix",
+]
