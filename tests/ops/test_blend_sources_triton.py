@@ -34,6 +34,10 @@ TOLERANCE = {
     torch.bfloat16: (2.0**-7, 2.0**-8),
 }
 
+# The Triton kernels one by one, under the interpreter: the slow tier (test_blend_sources.py covers this
+# backend in the quick one).
+pytestmark = pytest.mark.slow
+
 
 @dataclass(frozen=True)
 class Case:

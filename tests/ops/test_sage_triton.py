@@ -37,6 +37,10 @@ TOL = {
     torch.bfloat16: 2**-7,
 }
 
+# SAGE's Triton kernels one by one, under the interpreter: the slow tier (test_sage.py covers this backend
+# in the quick one).
+pytestmark = pytest.mark.slow
+
 
 def _offsets(K: int, H: int, W: int, g: torch.Generator, dtype: torch.dtype = torch.int64) -> Tensor:
     """K shifts in range, always including both extremes of each axis."""
