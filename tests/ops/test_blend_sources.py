@@ -19,7 +19,7 @@ from torch import Tensor
 import rmix_fast
 from rmix_fast.ops.blend_sources import BLEND_SOURCES
 from tests.helpers.blend_sources_transcription import transcribed_blend, transcribed_grads
-from tests.helpers.cases import BACKENDS, DEVICE, layout
+from tests.helpers.cases import BACKENDS, DEVICE, TRITON_INTERPRETED, layout
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "channels_last", "strided", "transposed"]
@@ -195,7 +195,14 @@ def test_int32_and_int64_index_agree(backend):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# Under the Triton interpreter a float64 gradcheck is thousands of serial kernel calls (3-5 s each): those
+# run in the slow tier.
+GRADCHECK_BACKENDS = [
+    pytest.param(b, marks=[pytest.mark.slow] * (b == "triton" and TRITON_INTERPRETED)) for b in BACKENDS
+]
+
+
+@pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("normalize", ["softmax", "none"])
 def test_gradcheck_float64_x_and_logits(backend, mode, normalize):
