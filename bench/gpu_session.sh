@@ -5,19 +5,19 @@
 #
 #   call 1, correctness (expected ~5 min, stage limits add up to 8.7 min): build + checks + tests
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=1 bash bench/gpu_session.sh", timeout_s=600)
-#   call 2, speed (expected ~7 min, limits 9 min): build (skipped when call 1's is there) + the benchmarks
+#   call 2, speed (expected ~7.5 min, limits 9 min): build (skipped when call 1's is there) + the benchmarks
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=2 bash bench/gpu_session.sh", timeout_s=600)
 #
 # (RMIX_FAST_COMMIT: the commit being run, for the JSON files; the machine's copy of the tree has no .git.)
 #
 #   STAGES="checks" bash bench/gpu_session.sh   # any subset of: build checks tests bench_rmix bench_blend_regions
-#                                               #   bench_sage bench_step
+#                                               #   bench_sage bench_blend_sources bench_step
 #
 # A session's device budget (15 min, start-up included) holds both calls only just; if it is short, call 2 can
-# leave out bench_step (STAGES="build bench_rmix bench_blend_regions bench_sage"). Expected times on an H100/H200:
+# leave out bench_step (STAGES="build bench_rmix bench_blend_regions bench_sage bench_blend_sources"). Expected times on an H100/H200:
 # build ~1–1.5 min (16 jobs, sm_90 only); checks ~2.5 min (bench/gpu_checks.py: seven probes in child processes,
 # --budget 220 s); tests ~1.5 min; bench_rmix ~3 min; bench_blend_regions ~1 min; bench_sage ~0.5 min;
-# bench_step ~2 min (RL-Mix's PPO update at the authors' 1000-step rollout included).
+# bench_blend_sources ~0.3 min (estimated, not yet run on a GPU); bench_step ~2 min (RL-Mix's PPO update at the authors' 1000-step rollout included).
 #
 # A stage that runs out of time is reported and the next one still runs. The op benchmarks write their JSON
 # after every case and gpu_checks.py after every probe, so one cut short still brings back what it finished
@@ -30,8 +30,8 @@ mkdir -p "$OUT"
 CALL=${CALL:-1}
 case "$CALL" in
   1) default_stages="build checks tests" ;;
-  2) default_stages="build bench_rmix bench_blend_regions bench_sage bench_step" ;;
-  all) default_stages="build checks tests bench_rmix bench_blend_regions bench_sage bench_step" ;;
+  2) default_stages="build bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step" ;;
+  all) default_stages="build checks tests bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step" ;;
   *) echo "CALL must be 1, 2 or all, got '$CALL'" >&2; exit 2 ;;
 esac
 STAGES=${STAGES-$default_stages}
@@ -85,12 +85,12 @@ if wants tests; then
 fi
 
 if wants bench_rmix; then
-  timeout 175 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
+  timeout 162 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
   note "bench_rmix rc=$?"
 fi
 
 if wants bench_blend_regions; then
-  timeout 75 $PY bench/bench_blend_regions.py --device cuda --reps 15 --regions mixup cutmix:8 rmix:4 \
+  timeout 70 $PY bench/bench_blend_regions.py --device cuda --reps 15 --regions mixup cutmix:8 rmix:4 \
     --out "$OUT/blend_regions-gpu" >"$OUT/bench_blend_regions.log" 2>&1
   note "bench_blend_regions rc=$?"
 fi
@@ -99,13 +99,21 @@ if wants bench_sage; then
   # The SAGE op against the published loop, triton and the baseline only (the reference at 224 px would add an
   # estimated ~25 s). The baseline is timed where its predicted peak is under 4 GB: at CIFAR (0.09 GB); at 224 px it
   # needs ~30 GB and (estimated) ~1 s a call, so the run records that wall ("paper_status") instead of a time.
-  timeout 40 $PY bench/bench_sage.py --device cuda --reps 10 --providers triton paper --paper-max-gb 4 \
+  timeout 37 $PY bench/bench_sage.py --device cuda --reps 10 --providers triton paper --paper-max-gb 4 \
     --out "$OUT/sage-gpu" >"$OUT/bench_sage.log" 2>&1
   note "bench_sage rc=$?"
 fi
 
+if wants bench_blend_sources; then
+  # AdAutoMix's multi-source mix against the published ops, triton and the baseline only (the default cases:
+  # CIFAR 100x3x32x32 N = 3 and ImageNet 64x3x224x224 N = 2, fp32 / bf16, both layouts).
+  timeout 30 $PY bench/bench_blend_sources.py --device cuda --reps 10 --providers triton published \
+    --out "$OUT/blend_sources-gpu" >"$OUT/bench_blend_sources.log" 2>&1
+  note "bench_blend_sources rc=$?"
+fi
+
 if wants bench_step; then
-  timeout 130 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
+  timeout 121 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
     --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
   note "bench_step rc=$?"
 fi

@@ -18,6 +18,7 @@ import torch
 
 import rmix_fast
 from rmix_fast import BLEND, OWN, PARTNER, clean_loss_backward, reference, soft_targets
+from rmix_fast.reference.blend_sources import blend_sources_forward
 from rmix_fast.reference.sage import sage_forward
 from rmix_fast.sampling import paper_levels, sample_sage_params
 
@@ -25,12 +26,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import bench_blend_regions  # noqa: E402
+import bench_blend_sources  # noqa: E402
 import bench_rmix  # noqa: E402
 import bench_sage  # noqa: E402
 import bench_step  # noqa: E402
 import common  # noqa: E402
 import report  # noqa: E402
 from baselines import sage_paper  # noqa: E402
+from baselines.blend_sources_paper import paper_blend_sources  # noqa: E402
 from baselines.rmix_paper import paper_input_gradient, paper_rmix  # noqa: E402
 from studies import mask_agreement  # noqa: E402
 
@@ -42,13 +45,15 @@ GPU_ONLY = ("graph_ms", "graph_gbps", "graph_pct_copy", "graph_pct_peak", "launc
 ENVIRONMENT = ("device", "device_name", "torch", "triton", "commit", "command", "allocator", "date")
 
 
-def check_op_results(stem: Path, payload: dict, bench: str, case_keys: list[str]) -> list[dict]:
-    """The JSON equals the payload, holds the environment and the run's figures, and every row has every
-    figure of a CPU run; the PNG exists. Returns the rows."""
+def check_op_results(
+    stem: Path, payload: dict, bench: str, case_keys: list[str], record: tuple[str, ...] = ("lam",)
+) -> list[dict]:
+    """The JSON equals the payload, holds the environment, the op's constants (``record``) and the run's figures,
+    and every row has every figure of a CPU run; the PNG exists. Returns the rows."""
     saved = json.loads(stem.with_suffix(".json").read_text())
     assert stem.with_suffix(".png").stat().st_size > 0
     assert saved == json.loads(json.dumps(payload))
-    for key in (*ENVIRONMENT, "peak_copy_gbps", "byte_model", "reps", "lam", "providers"):
+    for key in (*ENVIRONMENT, "peak_copy_gbps", "byte_model", "reps", *record, "providers"):
         assert saved[key] is not None, key
     assert saved["bench"] == bench and saved["schema"] == common.SCHEMA and saved["complete"] is True
     assert saved["case_keys"] == case_keys and saved["providers"][-1] == "copy"
@@ -172,6 +177,21 @@ def test_sage_paper_plan_reports_the_memory_wall_at_224():
     assert sage_paper.plan((64, 3, 224, 224), 1998, CPU, max_bytes=40 << 30).fits
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("N,shape,scale", [(3, (5, 3, 32, 32), 4), (2, (3, 2, 32, 48), 16), (1, (2, 1, 8, 8), 2)])
+def test_blend_sources_paper_baseline_matches_reference(N, shape, scale, layout):
+    """In float64 the published ops give the reference's mix (same interpolation, softmax, order of the sum)."""
+    g = torch.Generator().manual_seed(N)
+    B, _, H, W = shape
+    x = torch.randn(shape, generator=g, dtype=torch.float64).contiguous(memory_format=layout)
+    index = torch.stack([torch.arange(B), *(torch.randperm(B, generator=g) for _ in range(N - 1))])
+    logits = 3 * torch.randn(B, N, H // scale, W // scale, generator=g, dtype=torch.float64)
+    got = paper_blend_sources(x, index, logits, scale)
+    want = blend_sources_forward(x, index, logits, scale, "bilinear", "softmax")
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, rmix_fast.blend_sources(x, index=index, logits=logits, scale=scale))
+
+
 # -------------------------------------------------------------------------------- the op benchmarks
 
 
@@ -217,6 +237,36 @@ def test_bench_blend_regions_writes_every_figure(tmp_path, dtype):
     assert by_map["cutmix:4"] == 2 * x_bytes + 2 * 16 + extra  # one source per cell
     table = report.main([str(stem.with_suffix(".json"))])
     assert f"| 2×3×8×8 | {dtype} | NCHW | cutmix:4 |" in table and "regions" in table
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_bench_blend_sources_writes_every_figure(tmp_path, dtype):
+    """Tiny cases in AdAutoMix's two settings (N = 3, scale 4 up to 64 px; N = 2, scale 16 above), the published
+    ops timed beside every backend; a scale that does not divide the image leaves the shape out."""
+    stem = tmp_path / "sources"
+    providers = ["reference", *FAST_CPU, "triton", "published"]  # triton interpreted here, named explicitly
+    payload = bench_blend_sources.main(["--device", "cpu", "--shapes", "2x3x8x8", "2x1x96x80", "2x3x6x6",
+                                        "--dtypes", dtype, "--providers", *providers, "--reps", "1", "--warmup",
+                                        "1", "--out", str(stem)])  # fmt: skip
+    keys = ["shape", "dtype", "layout", "sources", "scale"]
+    rows = check_op_results(stem, payload, "blend_sources", keys, record=("mode", "normalize"))
+    assert payload["speedup_over"] == ["published", "reference"]
+    cases = {(r["shape"], r["layout"], r["sources"], r["scale"], r["logits"]) for r in rows}  # 6 % 4: left out
+    assert cases == {(s, lay, *rest) for lay in ("contiguous", "channels_last")
+                     for s, *rest in (("2x3x8x8", 3, 4, "2x2"), ("2x1x96x80", 2, 16, "6x5"))}  # fmt: skip
+    assert {r["provider"] for r in rows} == {*providers, "copy"}
+    item = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    for r in rows:
+        _, C, H, W = map(int, r["shape"].split("x"))
+        N, s = r["sources"], r["scale"]
+        assert r["bytes"] == (N + 1) * 2 * C * H * W * item + 2 * N * (H // s) * (W // s) * item
+    table = report.main([str(stem.with_suffix(".json"))])
+    assert f"| 2×1×96×80 | {dtype} | NCHW | 2 | 16 |" in table and "× published" in table
+    # --sources / --scale override AdAutoMix's settings
+    payload = bench_blend_sources.main(["--device", "cpu", "--shapes", "2x3x8x8", "--dtypes", dtype, "--layouts",
+                                        "contiguous", "--sources", "4", "--scale", "2", "--providers", "published",
+                                        "--reps", "1", "--out", str(stem)])  # fmt: skip
+    assert {(r["sources"], r["scale"], r["logits"]) for r in payload["cases"]} == {(4, 2, "4x4")}
 
 
 def test_bench_sage_writes_every_figure_and_the_baselines_wall(tmp_path):
@@ -296,6 +346,8 @@ def test_region_maps_are_what_the_mixers_hand_the_engine():
         (bench_rmix, ["--shapes", "4x3x16x16", "--grids", "5"], "no case fits"),
         (bench_blend_regions, ["--shapes", "4x3x16x16", "--regions", "rmix:5"], "no case fits"),
         (bench_sage, ["--providers", "compiled"], "unknown provider"),  # no compiled reference for SAGE
+        (bench_blend_sources, ["--providers", "paper"], "unknown provider"),  # its baseline is "published"
+        (bench_blend_sources, ["--shapes", "2x3x30x30"], "no case fits"),  # scale 4 does not divide 30
     ],
 )
 def test_op_benchmarks_refuse_bad_providers_and_empty_runs(script, args, message, tmp_path):
@@ -320,6 +372,8 @@ def test_op_benchmarks_refuse_bad_providers_and_empty_runs(script, args, message
         (bench_sage, ["--rand-pos", "0"]),
         (bench_sage, ["--rand-pos", "1.5"]),
         (bench_sage, ["--warmup", "0"]),
+        (bench_blend_sources, ["--sources", "0"]),
+        (bench_blend_sources, ["--scale", "-2"]),
     ],
 )
 def test_op_benchmarks_refuse_bad_cases(script, args, tmp_path, capsys):
@@ -537,11 +591,20 @@ def test_gpu_session_names_files_that_exist():
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_session.sh")]).returncode == 0
     root = BENCH.parent
     named = re.findall(r"(?:tests|bench)/[\w/]+\.py", script)
-    benchmarks = ("bench_rmix", "bench_blend_regions", "bench_sage", "bench_step", "gpu_checks")
+    benchmarks = ("bench_rmix", "bench_blend_regions", "bench_sage", "bench_blend_sources", "bench_step", "gpu_checks")
     assert {f"bench/{name}.py" for name in benchmarks} <= set(named)
     for name in named:
         assert (root / name).is_file(), name
-    stages = ("build", "checks", "tests", "bench_rmix", "bench_blend_regions", "bench_sage", "bench_step")
+    stages = (
+        "build",
+        "checks",
+        "tests",
+        "bench_rmix",
+        "bench_blend_regions",
+        "bench_sage",
+        "bench_blend_sources",
+        "bench_step",
+    )
     for stage in stages:
         assert f"wants {stage}" in script
     # the two calls: correctness first (the checks before the tests), then the benchmarks; together every stage
