@@ -324,7 +324,7 @@ class PPOAgent(nn.Module):
         self.buffer = RolloutBuffer.from_state(copy.deepcopy(buffer)).to(device) if buffer is not None else None
         self.num_timesteps = int(state["num_timesteps"])
         self.n_updates = int(state["n_updates"])
-        # a checkpoint written before the stats were saved has none (reported again after the next update)
+        # a state saved before any update holds none
         self.last_stats = {k: v.to(device, copy=True) for k, v in state.get("last_stats", {}).items()}
         self._acted = False
         self._synced = True  # every rank loads the same weights
