@@ -211,6 +211,7 @@ def test_bench_rmix_writes_every_figure(tmp_path):
     assert "| 4×3×16×16 | float32 | channels_last | 16 |" in table and "× paper" in table
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_bench_rmix_leaves_compiled_out_of_non_float32_cases(tmp_path):
     payload = bench_rmix.main(["--device", "cpu", "--shapes", "2x1x4x4", "--grids", "2", "--dtypes", "float64",
                                "--layouts", "contiguous", "--providers", "reference", "compiled", "--reps", "1",
@@ -218,6 +219,7 @@ def test_bench_rmix_leaves_compiled_out_of_non_float32_cases(tmp_path):
     assert [r["provider"] for r in payload["cases"]] == ["reference", "copy"]
 
 
+@pytest.mark.slow  # a benchmark run end to end
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bench_blend_regions_writes_every_figure(tmp_path, dtype):
     stem = tmp_path / "blend"
@@ -239,6 +241,7 @@ def test_bench_blend_regions_writes_every_figure(tmp_path, dtype):
     assert f"| 2×3×8×8 | {dtype} | NCHW | cutmix:4 |" in table and "regions" in table
 
 
+@pytest.mark.slow  # a benchmark run end to end
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_bench_blend_sources_writes_every_figure(tmp_path, dtype):
     """Tiny cases in AdAutoMix's two settings (N = 3, scale 4 up to 64 px; N = 2, scale 16 above), the published
@@ -269,6 +272,7 @@ def test_bench_blend_sources_writes_every_figure(tmp_path, dtype):
     assert {(r["sources"], r["scale"], r["logits"]) for r in payload["cases"]} == {(4, 2, "4x4")}
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_bench_sage_writes_every_figure_and_the_baselines_wall(tmp_path):
     """Tiny cases: the baseline is timed where its predicted peak fits under --paper-max-gb, skipped with its
     need recorded where it does not, and left out of non-float32 and non-square cases; the report shows why."""
@@ -548,6 +552,7 @@ def test_step_runner_rejects_unknown_method():
         runner.step("puzzlemix")
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_mask_agreement_study_writes_its_figures(tmp_path):
     stem = tmp_path / "agreement"
     r = mask_agreement.main(["--device", "cpu", "--model", "small_cnn", "--steps", "2", "--train-images", "32",
@@ -570,6 +575,7 @@ def test_every_recorded_result_renders(path):
         assert "before the shared runner" in table  # the old script's files are labelled as such
 
 
+@pytest.mark.slow  # a benchmark run end to end
 @pytest.mark.parametrize(
     "script",
     ["bench_rmix.py", "bench_blend_regions.py", "bench_sage.py", "bench_step.py", "studies/mask_agreement.py",
@@ -664,6 +670,7 @@ def check_gpu_checks_run(done: subprocess.CompletedProcess, run: dict, probes: l
     assert all(f"| {p} |" in table for p in probes)
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_gpu_checks_self_test_on_the_cpu(tmp_path):
     """A subset of the probes on every CPU backend (reference, cpp, Triton interpreted), tiny sizes: seconds."""
     probes = ["param_views", "bit_exact", "sync_free"]

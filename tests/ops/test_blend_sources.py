@@ -114,6 +114,14 @@ def on_device(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t.to(DEVICE) for t in tensors)
 
 
+# The Triton interpreter runs kernels as serial Python: its sweeps (and a float64 gradcheck, thousands of
+# calls) belong to the slow tier; the quick tier keeps its dtype and layout cases.
+INTERPRETED_SLOW = [
+    pytest.param(b, marks=[pytest.mark.slow] * (b == "triton" and TRITON_INTERPRETED)) for b in BACKENDS
+]
+GRADCHECK_BACKENDS = INTERPRETED_SLOW
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", LAYOUTS)
@@ -134,7 +142,7 @@ def test_dtypes_and_layouts(backend, dtype, kind):
 MAPS = {1: (5, 3), 4: (3, 5), 16: (1, 2)}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", INTERPRETED_SLOW)
 @pytest.mark.parametrize("N", [1, 2, 3])
 @pytest.mark.parametrize("scale", sorted(MAPS))
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -193,13 +201,6 @@ def test_int32_and_int64_index_agree(backend):
     a = rmix_fast.blend_sources(x, index=index, logits=logits, scale=4, backend=backend)
     b = rmix_fast.blend_sources(x, index=index.to(torch.int32), logits=logits, scale=4, backend=backend)
     assert torch.equal(a, b)
-
-
-# Under the Triton interpreter a float64 gradcheck is thousands of serial kernel calls (3-5 s each): those
-# run in the slow tier.
-GRADCHECK_BACKENDS = [
-    pytest.param(b, marks=[pytest.mark.slow] * (b == "triton" and TRITON_INTERPRETED)) for b in BACKENDS
-]
 
 
 @pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)

@@ -131,9 +131,11 @@ CASES = [
 ]
 
 
-# The Triton interpreter runs float64 gradcheck as thousands of serial kernel calls: 5-20 s an op. The
-# quick tier keeps it for the R-Mix ops; the slow tier (CI) runs it for every op.
-INTERPRETED_GRADCHECK_IN_QUICK_TIER = {"blend_regions", "rmix"}
+# The Triton interpreter runs kernels as serial Python: float64 gradcheck takes 5-20 s an op, opcheck and
+# compile a few. The quick tier keeps the whole contract for the R-Mix ops and, for the others, every check
+# but these on the interpreter; the slow tier (CI) runs all of them.
+INTERPRETED_CONTRACT_IN_QUICK_TIER = {"blend_regions", "rmix"}
+INTERPRETED_SLOW_CHECKS = {"gradcheck_float64", "opcheck", "compile_fullgraph"}
 
 
 def _contract_params():
@@ -142,8 +144,8 @@ def _contract_params():
             slow = (
                 backend == "triton"
                 and TRITON_INTERPRETED
-                and check == "gradcheck_float64"
-                and op not in INTERPRETED_GRADCHECK_IN_QUICK_TIER
+                and check in INTERPRETED_SLOW_CHECKS
+                and op not in INTERPRETED_CONTRACT_IN_QUICK_TIER
             )
             yield pytest.param(op, backend, check, id=f"{op}-{backend}-{check}", marks=[pytest.mark.slow] * slow)
 

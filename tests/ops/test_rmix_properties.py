@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 
 import rmix_fast
 from rmix_fast import reference
-from tests.helpers.cases import BACKENDS, DEVICE, assert_blend_equal
+from tests.helpers.cases import BACKENDS, DEVICE, TRITON_INTERPRETED, assert_blend_equal
 
-pytestmark = pytest.mark.parametrize("backend", BACKENDS)
+# Each property runs many examples: under the Triton interpreter (serial Python) that is the slow tier's job;
+# test_rmix.py compares the interpreted backend with the reference in the quick one.
+pytestmark = pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=[pytest.mark.slow] * (b == "triton" and TRITON_INTERPRETED)) for b in BACKENDS]
+)
 
 
 @st.composite
