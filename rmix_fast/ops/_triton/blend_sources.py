@@ -63,6 +63,7 @@ from rmix_fast.ops._triton._launch import (
     device_guard,
     needs_wide_offsets,
 )
+from rmix_fast.ops._triton._math import div_rn
 
 __all__ = ["blend_sources_backward", "blend_sources_forward"]
 
@@ -80,15 +81,6 @@ _INVERSE_BLOCK = 1024
 _IMAGE_STRIDES = [f"s{t}_{d}" for t in ("x", "o", "g") for d in "bchw"]
 _LOGIT_STRIDES = [f"s{t}_{d}" for t in ("l", "r") for d in "bnhw"]
 _RUNTIME = [*_IMAGE_STRIDES, *_LOGIT_STRIDES, "B", "C", "H", "W", "h", "w", "scale", "units", "blocks", "reach", "win"]
-
-
-@triton.jit
-def _div(a, b, ACC: tl.constexpr):
-    """Correctly rounded a / b, as torch computes it (float32 division is approximate by default)."""
-    if ACC == tl.float64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
 
 
 @triton.jit
@@ -160,7 +152,7 @@ def _source_weights(lg, s_n, s_h, s_w, y, x, h, w, scale, ok,
         total = _pick(e, k, 0)
         for i in tl.static_range(1, N):  # in source order, as torch.softmax
             total = total + _pick(e, k, i)
-        z = _div(e, total[None, :, :], WD)
+        z = div_rn(e, total[None, :, :], WD)
     return z
 
 

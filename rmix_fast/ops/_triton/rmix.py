@@ -30,6 +30,7 @@ from rmix_fast.ops._triton._launch import (
     device_guard,
     needs_wide_offsets,
 )
+from rmix_fast.ops._triton._math import div_rn
 from rmix_fast.ops._triton.blend_regions import launch_blend, launch_blend_backward
 
 # The per-sample threshold holds the p*p cell values of a sample in one program; beyond this it stops being cheap.
@@ -41,15 +42,6 @@ _MAX_COLUMNS = 128
 _CELLS_PER_STEP = 64  # cells the threshold program sums at once
 _CELL_COLUMNS = 16  # a cell's columns summed at once, in the same order for every cell
 _MIN_CELL_BLOCK = 16  # grids up to 4 x 4 share one threshold variant
-
-
-@triton.jit
-def _div(a, b, ACC: tl.constexpr):
-    """Correctly rounded a / b, as torch computes it (float32 division is approximate by default)."""
-    if ACC == tl.float64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
 
 
 @triton.jit
@@ -103,7 +95,7 @@ def cell_saliency_partial_kernel(
             else:
                 offs = rows * stride_h + cols[None, :, None] * stride_w + chans * stride_c
             g = tl.load(base + offs, mask=ok, other=0.0).to(ACC)
-            mean_sq = _div(tl.sum(g * g, axis=2), tl.full([BLOCK_R, BLOCK_W], C, ACC), ACC)
+            mean_sq = div_rn(tl.sum(g * g, axis=2), tl.full([BLOCK_R, BLOCK_W], C, ACC), ACC)
             # masked-out entries are sqrt(0) = 0 and add nothing
             col_sum += tl.sum(_sqrt(mean_sq, ACC), axis=0)
         tl.store(out + cols, col_sum, mask=col_ok)
@@ -143,7 +135,7 @@ def cell_threshold_kernel(
                 ok = n_ok[:, None] & (k < cell_w)[None, :]
                 band += tl.sum(tl.load(first_col[:, None] + s * W + k[None, :], mask=ok, other=0.0), axis=1)
             total += band
-        tl.store(sal_row + n, _div(total, tl.full([BLOCK_C], cell_area, ACC), ACC), mask=n_ok)
+        tl.store(sal_row + n, div_rn(total, tl.full([BLOCK_C], cell_area, ACC), ACC), mask=n_ok)
     tl.debug_barrier()  # the cell values below were stored by other threads
     idx = tl.arange(0, BLOCK_N)
     valid = idx < N

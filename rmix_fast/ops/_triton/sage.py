@@ -47,6 +47,7 @@ from rmix_fast.ops._triton._launch import (
     layout_of,
     needs_wide_offsets,
 )
+from rmix_fast.ops._triton._math import div_rn
 from rmix_fast.ops._triton.blend_regions import _offsets, _tile, _tiling
 from rmix_fast.reference.sage import blur_weights
 
@@ -61,15 +62,6 @@ _ARGMAX_BLOCK = 256  # scores read per step of the argmax
 _PIXEL_BLOCK = 1024  # pixels per step of the per-sample weight / lam_eff loop
 _PERM_BLOCK = 256  # perm entries per step of the backward's inverse lookup
 _BLUR_WARPS = 8  # one program per sample: give it more threads
-
-
-@triton.jit
-def _div(a, b, ACC: tl.constexpr):
-    """Correctly rounded a / b, as torch computes it (float32 division is approximate by default)."""
-    if ACC == tl.float64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
 
 
 @triton.jit
@@ -94,7 +86,7 @@ def _scales(lam_ptr, b, ACC: tl.constexpr):
 @triton.jit
 def _mask_value(a, c, ACC: tl.constexpr):
     """M = a / max(a + c, 1e-16)."""
-    return _div(a, tl.maximum(a + c, tl.full([], 1e-16, ACC)), ACC)
+    return div_rn(a, tl.maximum(a + c, tl.full([], 1e-16, ACC)), ACC)
 
 
 @triton.jit
@@ -158,7 +150,7 @@ def sage_saliency_kernel(
     for _ in tl.static_range(C):
         total += tl.abs(tl.load(ptrs, mask=ok, other=0.0).to(ACC))
         ptrs += sg_c  # pointer arithmetic is 64-bit: c * stride_c never overflows
-    tl.store(sal_ptr + b * H * W + p, _div(total, tl.full([BLOCK], C, ACC), ACC), mask=ok)
+    tl.store(sal_ptr + b * H * W + p, div_rn(total, tl.full([BLOCK], C, ACC), ACC), mask=ok)
 
 
 @triton.jit(do_not_specialize=["H", "W", "taps"])
@@ -213,7 +205,7 @@ def sage_blur_kernel(
             cols = (w0 + tl.arange(0, BW))[None, :]
             ok = (rows < H) & (cols < W)
             s = tl.load(sal + rows * W + cols, mask=ok, other=1.0)
-            tl.store(norm + rows * W + cols, _div(tl.where(usable, s, 1.0), denom, ACC), mask=ok)
+            tl.store(norm + rows * W + cols, div_rn(tl.where(usable, s, 1.0), denom, ACC), mask=ok)
 
 
 @triton.jit(do_not_specialize=["H", "W", "K", "n_kblocks", "s_ok", "s_oj"])
@@ -342,7 +334,7 @@ def sage_blend_kernel(
             m = _weight_at(norm_ptr, b, partner, p // W, p % W, dy, dx, H, W, lam_a, lam_c, ok, ACC)
             tl.store(weight_ptr + b * hw + p, m, mask=ok)
             total += m  # M = 0 off the image
-        lam_eff = _div(tl.sum(total, axis=0), tl.full([], hw, ACC), ACC)
+        lam_eff = div_rn(tl.sum(total, axis=0), tl.full([], hw, ACC), ACC)
         tl.store(lam_eff_ptr + b, lam_eff.to(tl.float32))
 
 
