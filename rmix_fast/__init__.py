@@ -10,7 +10,7 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import SAGE, CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
+from rmix_fast.mixers import SAGE, AdAutoMix, CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -34,6 +34,7 @@ __all__ = [
     "OWN",
     "PARTNER",
     "SAGE",
+    "AdAutoMix",
     "BackendInfo",
     "CutMix",
     "ManifoldMixup",

@@ -47,8 +47,8 @@ class AdAutoMixDraw:
 
     index_mb: Tensor  # (N, B) int64: the generator's sources
     index_bb: Tensor  # (N, B) int64: the classifier's sources
-    lam_mb: Tensor  # (N,) float32, sums to 1
-    lam_bb: Tensor  # (N,) float32, sums to 1; equal to lam_mb when N >= 3
+    lam_mb: Tensor  # (N,) float64 (as numpy's draws), sums to 1; cast where used
+    lam_bb: Tensor  # (N,) float64, sums to 1; equal to lam_mb when N >= 3
     lam_mb_host: tuple[float, ...]
     lam_bb_host: tuple[float, ...]
     raw: tuple[float, ...]  # the N Beta(alpha, alpha) draws, before normalising
@@ -106,7 +106,7 @@ def sample_adautomix(
         lam_bb = lam_mb
     # one copy per dtype: the views of a contiguous stack are contiguous themselves
     index = to_device(torch.stack([index_mb, index_bb]), device)
-    lam = to_device(torch.stack([lam_mb, lam_bb]).to(torch.float32), device)
+    lam = to_device(torch.stack([lam_mb, lam_bb]).to(torch.float64), device)
     return AdAutoMixDraw(
         index_mb=index[0],
         index_bb=index[1],

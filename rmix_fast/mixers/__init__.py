@@ -9,8 +9,11 @@ in ``mixer.last_params``. Manifold Mixup mixes hidden activations with the same 
 forward: every mixer also has ``with mixer.mixing(x, y, grad, layers=...) as (x_in, y_soft)`` around the
 forward, which a loop can use for every method alike. RL-Mix is R-Mix with a learned level per sample: its
 agent is the mixer's state, and it reads the training backward's gradient (``mixer.after_backward()``).
+AdAutoMix runs the step's forwards itself (``owns_step``: ``training_loss``, ``after_optimizer_step``): its
+generator, one-hot head, EMA teacher and their optimiser are the mixer's state.
 """
 
+from rmix_fast.mixers.adautomix import AdAutoMix, AdAutoMixLoss
 from rmix_fast.mixers.base import Mixer, MixParams, RegionMixer, soft_targets
 from rmix_fast.mixers.cutmix import CutMix
 from rmix_fast.mixers.manifold import ManifoldMixup
@@ -21,6 +24,8 @@ from rmix_fast.mixers.sage import SAGE
 
 __all__ = [
     "SAGE",
+    "AdAutoMix",
+    "AdAutoMixLoss",
     "CutMix",
     "ManifoldMixup",
     "MixParams",

@@ -123,6 +123,9 @@ class Mixer(nn.Module):
 
     needs_grad: ClassVar[bool] = False
     needs_logits: ClassVar[bool] = False  # the clean pass's (B, K) logits too (RL-Mix's observation)
+    # The mixer runs the step's forwards and builds its loss (``training_loss``), then steps its own state
+    # after the classifier's optimiser (``after_optimizer_step``): AdAutoMix.
+    owns_step: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -223,6 +226,10 @@ class Mixer(nn.Module):
         return lam.to(torch.float32).expand(batch).contiguous()
 
     # -- a training loop's hooks, for a learned mixer (no-ops here) -----------------------------------
+    def attach(self, model: nn.Module, image_shape: tuple[int, int, int]) -> None:
+        """Called once with the model and the (C, H, W) of its images, before training or loading a state: a
+        mixer that reads the model (AdAutoMix's teacher and generator) builds its parts here."""
+
     def after_backward(self) -> None:
         """Called once the step's loss has run its backward (before the next call): a learned mixer reads
         what it needs from the step's gradients."""

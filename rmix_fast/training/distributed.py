@@ -33,6 +33,37 @@ class DistEnv:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def broadcast_(self, tensors: list[torch.Tensor], src: int = 0) -> None:
+        """Every rank's ``tensors`` become rank ``src``'s, in place (one flat broadcast per dtype)."""
+        if not self.active:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            dist.broadcast(flat, src=src)
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.data.copy_(part.view_as(t))
+
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        """Every parameter's ``.grad`` becomes its mean over the ranks (one flat all-reduce per dtype; a
+        parameter without a gradient counts as zeros and gets one, as DDP does for an unused parameter)."""
+        if not self.active:
+            return
+        params = [p for p in params if p.requires_grad]
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        for group in by_dtype.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            for p, g in zip(group, flat.split([p.numel() for p in group]), strict=True):
+                p.grad.copy_(g.view_as(p.grad))
+
     def gather_objects(self, obj: object) -> list[object]:
         """Every rank's ``obj`` (picklable; CPU tensors), in rank order, on every rank."""
         if not self.active:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from rmix_fast.mixers import SAGE, CutMix, ManifoldMixup, Mixer, Mixup, RLMix, RMix
+from rmix_fast.mixers import SAGE, AdAutoMix, CutMix, ManifoldMixup, Mixer, Mixup, RLMix, RMix
 from rmix_fast.rl import POLICIES, PPOConfig
 
 __all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method"]
@@ -221,5 +221,84 @@ register_method(
         check=_check_sage,
         # the authors' update for PreActResNet-18 (update_ratio r = 0.7): (1 - r) clean + r mixed
         defaults={"clean_loss_weight": 0.3, "mix_loss_weight": 0.7},
+    )
+)
+
+
+def _adautomix_options(add: OptionAdder) -> None:
+    add("--sources", type=int, default=3, help="images per mix (the authors': 3 on CIFAR, 2 on ImageNet)")
+    add("--adversarial-beta", type=float, default=0.3, help="weight of the teacher's loss in the generator's "
+        "adversarial objective (the authors': 0.3 CIFAR, 0.1 ImageNet)")  # fmt: skip
+    add("--mixup-ratio", type=float, default=0.5, help="3+ sources: weight of the linear mix's loss against the "
+        "clean batch's (the authors' mixup_radio)")  # fmt: skip
+    add("--lam-margin", type=float, default=0.03, help="the classifier's mix is the constant lam when lam_0 <= "
+        "this or >= 1 - this")  # fmt: skip
+    add("--ema-momentum", type=float, default=0.999, help="the teacher's momentum for the first --ema-warmup of "
+        "the steps")  # fmt: skip
+    add("--ema-end-momentum", type=float, default=0.999999, help="the teacher's momentum at the end of the cosine "
+        "(the authors': 0.999999 CIFAR, 0.99999 ImageNet)")  # fmt: skip
+    add("--ema-warmup", type=float, default=0.1, help="fraction of the steps at --ema-momentum")
+    add("--lam-concat", action="store_true", default=False, help="the generator sees each source's lam as an input "
+        "channel (the authors': ImageNet yes, CIFAR no)")  # fmt: skip
+    add("--generator-norm", choices=("none", "bn"), default="none", help="BatchNorm after the generator's query "
+        "and key convs (the authors': ImageNet ResNet-50 only)")  # fmt: skip
+    add("--mask-mode", choices=("bilinear", "nearest"), default="bilinear", help="upsampling of the masks")
+    add("--reuse-teacher-logits", action="store_true", default=False, help="the cosine term reads the teacher's "
+        "logits of the clean batch, permuted, instead of one more teacher pass per source (equal up to rounding; "
+        "the teacher's BatchNorm running statistics see fewer updates)")  # fmt: skip
+
+
+def _check_adautomix(args: argparse.Namespace, error: OptionError) -> None:
+    if args.sources < 2:
+        error(f"--sources must be >= 2, got {args.sources}")
+    for name in ("adversarial_beta", "mixup_ratio", "ema_momentum", "ema_end_momentum", "ema_warmup"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            error(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if not 0.0 <= args.lam_margin < 0.5:
+        error(f"--lam-margin must lie in [0, 0.5), got {args.lam_margin}")
+    if args.ema_momentum > args.ema_end_momentum:
+        error(f"--ema-momentum must be <= --ema-end-momentum, got {args.ema_momentum} > {args.ema_end_momentum}")
+    if args.method != "adautomix":
+        return
+    if args.mix_prob != 1.0:
+        error(f"--method adautomix mixes every batch: --mix-prob must be 1, got {args.mix_prob}")
+    if args.compile:
+        error("--method adautomix runs its forwards through forward_features and hooks: --compile is not supported")
+    if args.clean_loss_weight or args.mix_loss_weight != 1.0:
+        error("--method adautomix builds its own loss: --clean-loss-weight and --mix-loss-weight do not apply")
+
+
+def _build_adautomix(args: argparse.Namespace, num_classes: int) -> AdAutoMix:
+    return AdAutoMix(
+        num_classes,
+        alpha=args.alpha,
+        n_sources=args.sources,
+        beta=args.adversarial_beta,
+        mixup_ratio=args.mixup_ratio,
+        lam_margin=args.lam_margin,
+        ema_momentum=args.ema_momentum,
+        ema_end_momentum=args.ema_end_momentum,
+        ema_warmup=args.ema_warmup,
+        lam_concat=args.lam_concat,
+        norm=None if args.generator_norm == "none" else args.generator_norm,
+        mode=args.mask_mode,
+        reuse_teacher_logits=args.reuse_teacher_logits,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+        label_smoothing=args.label_smoothing,
+        backend=args.backend,
+    )
+
+
+register_method(
+    Method(
+        "adautomix",
+        "AdAutoMix (Qin et al. 2024): a mask generator on an EMA teacher's features mixes N images per pixel, "
+        "trained adversarially against the classifier; --preset openmixup for its recipe",
+        _build_adautomix,
+        add_options=_adautomix_options,
+        check=_check_adautomix,
     )
 )

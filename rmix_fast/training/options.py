@@ -23,7 +23,7 @@ from rmix_fast.training.runtime import AMP_MODES
 __all__ = ["NOT_RUN_DEFINING", "PRESETS", "build_parser", "config_value", "parse_args"]
 
 DESCRIPTION = "Train an image classifier with a mixing method, under the R-Mix paper's protocol."
-SCHEDULERS = ("onecycle", "multistep")
+SCHEDULERS = ("onecycle", "multistep", "cosine")
 # Options that do not change what a run computes: free to differ on --resume.
 NOT_RUN_DEFINING = ("out", "resume", "overwrite", "device", "workers", "progress", "data_dir")
 DEFAULT_MODEL = {"shapes": "small_cnn", "cifar10": "preactresnet18", "cifar100": "preactresnet18"}
@@ -33,11 +33,16 @@ DEFAULT_EPOCHS = {"shapes": 15}
 # command line wins). "rmix": the R-Mix paper's recipe, OneCycleLR (the defaults). "comixup": the protocol
 # of Co-Mixup, PuzzleMix and SAGE (and so of the Vanilla/Mixup/CutMix rows R-Mix's tables copy from them):
 # SGD lr 0.2 with Nesterov momentum 0.9 and weight decay 1e-4, LR x0.1 at 1/3 and 2/3 of the epochs
-# (100 and 200 of 300), batch 100, random crop with padding 2, BCE on softmax probabilities.
+# (100 and 200 of 300), batch 100, random crop with padding 2, BCE on softmax probabilities. "openmixup":
+# OpenMixup's CIFAR recipe, under which AdAutoMix (and AutoMix) published: SGD lr 0.1, momentum 0.9 (not
+# Nesterov), weight decay 1e-4, cosine annealing per epoch to 0.05 (mmcv's by-epoch CosineAnnealing), batch
+# 100, random crop with padding 4, cross-entropy; 200, 400 or 800 epochs (pass --epochs).
 PRESETS: dict[str, dict[str, Any]] = {
     "rmix": {},
     "comixup": {"scheduler": "multistep", "lr": 0.2, "gamma": 0.1, "momentum": 0.9, "nesterov": True,
                 "weight_decay": 1e-4, "batch_size": 100, "crop_padding": 2, "loss": "softmax_bce"},
+    "openmixup": {"scheduler": "cosine", "lr": 0.1, "min_lr": 0.05, "momentum": 0.9, "nesterov": False,
+                  "weight_decay": 1e-4, "batch_size": 100, "crop_padding": 4, "loss": "soft_ce"},
 }  # fmt: skip
 
 
@@ -67,8 +72,8 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
 
     add = group("protocol")
     add("--preset", choices=tuple(PRESETS), default="rmix", help="published protocol whose defaults to use: rmix "
-        "(OneCycleLR, soft cross-entropy) or comixup (multistep lr 0.2, crop padding 2, softmax BCE); options "
-        "given explicitly win")  # fmt: skip
+        "(OneCycleLR, soft cross-entropy), comixup (multistep lr 0.2, crop padding 2, softmax BCE) or openmixup "
+        "(cosine lr 0.1 to 0.05, no Nesterov: AdAutoMix's); options given explicitly win")  # fmt: skip
     add("--loss", choices=tuple(LOSSES), default="soft_ce", help="training loss: soft cross-entropy or BCE on "
         "softmax probabilities")  # fmt: skip
     add = group("method")
@@ -105,13 +110,16 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add = group("optimisation")
     add("--epochs", type=int, default=None, help="epochs (default: 300; 15 for shapes)")
     add("--batch-size", type=int, default=100, help="batch size per process")
-    add("--lr", type=float, default=None, help="max LR of OneCycleLR (default 0.3) or initial LR of multistep (0.1)")
-    add("--scheduler", choices=SCHEDULERS, default="onecycle", help="LR schedule, stepped per batch")
+    add("--lr", type=float, default=None, help="max LR of OneCycleLR (default 0.3) or initial LR of multistep and "
+        "cosine (0.1)")  # fmt: skip
+    add("--scheduler", choices=SCHEDULERS, default="onecycle", help="LR schedule, stepped per batch (cosine: "
+        "constant within an epoch, as mmcv's by-epoch CosineAnnealing)")  # fmt: skip
     add("--div-factor", type=float, default=100.0, help="OneCycleLR: initial LR = max LR / div_factor")
     add("--pct-start", type=float, default=0.3, help="OneCycleLR: fraction of steps spent warming up")
     add("--final-div-factor", type=float, default=1e4, help="OneCycleLR: final LR = initial LR / this")
     add("--milestones", type=int, nargs="+", default=None, help="multistep: epochs of LR drops (default 1/3, 2/3)")
     add("--gamma", type=float, default=0.1, help="multistep: LR factor at each milestone")
+    add("--min-lr", type=float, default=0.0, help="cosine: the LR the cosine reaches at the last epoch")
     add("--momentum", type=float, default=0.9, help="SGD momentum")
     add("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum")
     add("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
@@ -161,6 +169,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must lie in [0, 1], got {value}")
     if not 0.0 < args.pct_start < 1.0:
         parser.error(f"--pct-start must lie in (0, 1), got {args.pct_start}")
+    if not 0.0 <= args.min_lr <= args.lr:
+        parser.error(f"--min-lr must lie in [0, --lr={args.lr}], got {args.min_lr}")
     if args.weight_decay < 0 or args.fgsm_eps < 0 or args.crop_padding < 0:
         parser.error("--weight-decay, --fgsm-eps and --crop-padding must be >= 0")
     if not 0.0 <= args.clean_loss_weight < math.inf:

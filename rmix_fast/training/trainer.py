@@ -9,6 +9,7 @@ continues exactly where an uninterrupted run would be.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -47,6 +48,14 @@ def _make_scheduler(
             div_factor=args.div_factor,
             final_div_factor=args.final_div_factor,
         )
+    if args.scheduler == "cosine":
+        # mmcv's CosineAnnealingLrUpdaterHook (by_epoch): lr(e) = min + (lr - min) (1 + cos(pi e / E)) / 2 for
+        # epoch e of E, constant within an epoch (stepped per batch, so the epoch is step // steps_per_epoch)
+        def factor(step: int) -> float:
+            progress = (step // steps_per_epoch) / args.epochs
+            return (args.min_lr + (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress)) / 2) / args.lr
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     # Stepped per batch like OneCycleLR, so milestones are counted in steps.
     milestones = [m * steps_per_epoch for m in args.milestones]
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=args.gamma)
@@ -101,6 +110,7 @@ class Trainer:
         self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
         if self.mixer is not None:
             self.mixer.to(self.device)
+            self.mixer.attach(self.model, (self.train_set.channels, *self.train_set.image_size))
             self.mixer.set_total_steps(args.epochs * self.steps_per_epoch)
         # where a mixer of hidden activations may mix (the network's stage ends); image mixers ignore them
         self.mix_layers = self.model.mix_layers()
@@ -111,9 +121,15 @@ class Trainer:
         self.sample: dict[str, Any] | None = None
         # torch.compile wraps the model inside DDP, so input_gradient can still step around the DDP wrapper.
         self.forward_model: nn.Module = torch.compile(self.model) if args.compile else self.model
-        if self.env.active:
+        # A mixer that runs several forwards of the model a step is not wrapped in DDP (whose reducer expects
+        # one forward per backward): its step averages the gradients and broadcasts the buffers itself.
+        if self.env.active and not self.owned_step:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = nn.parallel.DistributedDataParallel(self.forward_model, device_ids=ids)
+
+    @property
+    def owned_step(self) -> bool:
+        return self.mixer is not None and self.mixer.owns_step
 
     # -- the run's state ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -199,6 +215,8 @@ class Trainer:
         the mixed loss's backward to add to, and gives the input gradient (a positive multiple of the clean
         loss's, which the mixers use only up to scale) for a method that needs one. ``--mix-loss-weight``
         scales the mixed loss's backward (the returned loss is unweighted)."""
+        if self.owned_step:
+            return self._owned_step(x, y)
         a = self.args
         grad = clean_logits = None
         needs_grad = self.mixer is not None and self.mixer.needs_grad
@@ -247,6 +265,29 @@ class Trainer:
         correct = (logits.detach().argmax(1) == y_soft.argmax(1)).sum()
         return loss.detach(), correct, x_mix, grad
 
+    def _owned_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        """A step whose forwards and loss the mixer makes (AdAutoMix): one backward of its loss, the
+        classifier's optimiser step, then the mixer's own (``after_optimizer_step``). Under torchrun every
+        rank starts from rank 0's buffers and steps with the gradients averaged over the ranks, as DDP (with
+        its default ``broadcast_buffers``) would give around the whole published model."""
+        a, mixer = self.args, self.mixer
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.env.active:
+            self.env.broadcast_([*self.model.buffers(), *mixer.buffers()])
+        with amp_autocast(a.amp, self.device):
+            out = mixer.training_loss(self.model, x, y, self.criterion)
+        self.scaler.scale(out.loss).backward()
+        if self.env.active:
+            self.env.average_gradients([*self.model.parameters(), *mixer.parameters()])
+        self.scaler.step(self.optimizer)
+        lr = self.optimizer.param_groups[0]["lr"]
+        mixer.after_optimizer_step(self.model, lr=lr, scaler=self.scaler if self.scaler.is_enabled() else None)
+        self.scaler.update()
+        self.last_lr = lr
+        self.scheduler.step()
+        correct = (out.logits.argmax(1) == out.targets.argmax(1)).sum()
+        return out.parts["mix_q"], correct, out.mixed, None
+
     def _keep_sample(self, x: Tensor, y: Tensor, x_mix: Tensor, grad: Tensor | None) -> None:
         """The run's first batch, for the picture of mixed samples: any method's regions, and the saliency
         its regions were built from when it has one."""
@@ -265,6 +306,13 @@ class Trainer:
             self.sample["title"] = (
                 f"Manifold Mixup: the activations after stage {params.layer} were mixed "
                 "(the 'mixed' row is the model's input)"
+            )
+        sources = getattr(self.mixer, "n_sources", 2)
+        if applied and sources > 2:
+            # the picture has rows for two images; the mixes are of N permuted copies of the batch
+            self.sample["title"] = (
+                f"{type(self.mixer).__name__}: each mix is of {sources} images of the batch, which need not "
+                "include A; B is the second, and the weights shown are the first image's"
             )
         if applied:
             regions = params.region_map()
@@ -361,6 +409,11 @@ class Trainer:
                 f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.2f}%  lr {row['lr']:.4g}  "
                 f"{row['images_per_s']:.0f} img/s  {format_duration(row['seconds'])}"
                 + (f"  agent reward {row['rl_reward']:.3f} mean q {row['rl_mean_q']:.3f}" if "rl_reward" in row else "")
+                + (
+                    f"  teacher loss {row['adautomix_mix_k']:.3f} cosine {row['adautomix_cosine']:.3f}"
+                    if "adautomix_mix_k" in row
+                    else ""
+                )
             )
             if epoch == 0 and self.sample is not None:
                 self._write_sample_picture()

@@ -29,8 +29,8 @@ def test_reproducible_and_valid(n):
         assert torch.equal(index.sort(dim=1).values, torch.arange(12).expand(n, 12)), "each row is a permutation"
     for host, dev in ((a.lam_mb_host, a.lam_mb), (a.lam_bb_host, a.lam_bb)):
         assert len(host) == n and math.fsum(host) == pytest.approx(1.0, abs=1e-15)
-        assert dev.dtype == torch.float32 and dev.shape == (n,)
-        torch.testing.assert_close(dev, torch.tensor(host, dtype=torch.float32), atol=0, rtol=0)
+        assert dev.dtype == torch.float64 and dev.shape == (n,)
+        torch.testing.assert_close(dev, torch.tensor(host, dtype=torch.float64), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])

@@ -40,6 +40,8 @@ class ImageClassifier(nn.Module):
         num_features: F, the channel count of the last feature map (``classifier.in_features``).
         classifier: ``nn.Linear(F, K)``.
         mix_layer_names: the submodules ending stage 1 and stage 2 (``mix_layers()``), set by each network.
+        mask_feature_layer: the submodule whose output a learned mixer reads (AdAutoMix's mask generator:
+            the published code reads ResNet stage 3, 1/4 of a CIFAR image's side and 1/16 of an ImageNet one's).
     """
 
     num_features: int
@@ -47,6 +49,8 @@ class ImageClassifier(nn.Module):
     # Names (``get_submodule`` paths) of the modules ending stage 1 and stage 2, in forward order: where
     # Manifold Mixup may mix, besides the input.
     mix_layer_names: ClassVar[tuple[str, ...]] = ()
+    # ``get_submodule`` path of the feature map a learned mixer reads (see the class docstring).
+    mask_feature_layer: ClassVar[str] = ""
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()

@@ -40,5 +40,11 @@ class PixelClassifier(nn.Module):
         return self.net.mix_layers()
 
     @property
+    def mask_feature_layer(self) -> str:
+        """``net``'s feature layer for a learned mixer, as a path from here."""
+        inner = getattr(self.net, "mask_feature_layer", "")
+        return f"net.{inner}" if inner else ""
+
+    @property
     def classifier(self) -> nn.Linear:
         return self.net.classifier

@@ -56,6 +56,8 @@ class PreActResNet(ImageClassifier):
 
     # As Manifold Mixup's code: after the first and second residual stages.
     mix_layer_names = ("layer1", "layer2")
+    # AdAutoMix's generator input: the published stage 3
+    mask_feature_layer = "layer3"
 
     def __init__(
         self, num_classes: int, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2), width: int = 64

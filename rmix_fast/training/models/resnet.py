@@ -55,6 +55,8 @@ class ResNet(ImageClassifier):
 
     # After the first and second residual stages (1/4 and 1/8 of the input side).
     mix_layer_names = ("layer1", "layer2")
+    # AdAutoMix's generator input: the published stage 3
+    mask_feature_layer = "layer3"
 
     def __init__(self, num_classes: int, in_channels: int = 3, blocks: Sequence[int] = (3, 4, 6, 3)) -> None:
         super().__init__(num_classes, in_channels)

@@ -47,6 +47,8 @@ class CifarResNeXt(ImageClassifier):
 
     # After the first and second residual stages, as for the PreAct ResNet and WRN.
     mix_layer_names = ("layer1", "layer2")
+    # AdAutoMix's generator input: the last stage (1/4 of the side, as the published CIFAR stage 3)
+    mask_feature_layer = "layer3"
 
     def __init__(
         self,

@@ -25,6 +25,8 @@ class SmallCNN(ImageClassifier):
 
     # The conv blocks at 1/1 and 1/2 resolution, before the pools that start the next stage.
     mix_layer_names = ("features.0", "features.2")
+    # AdAutoMix's generator input: the first conv block at 1/4 of the side (the published CIFAR stage 3's scale)
+    mask_feature_layer = "features.4"
 
     def __init__(self, num_classes: int, in_channels: int = 3, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__(num_classes, in_channels)

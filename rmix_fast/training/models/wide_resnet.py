@@ -25,6 +25,8 @@ class WideResNet(ImageClassifier):
 
     # As Manifold Mixup's code: after the first and second residual stages.
     mix_layer_names = ("layer1", "layer2")
+    # AdAutoMix's generator input: the last stage (1/4 of the side, as the published CIFAR stage 3)
+    mask_feature_layer = "layer3"
 
     def __init__(
         self, num_classes: int, in_channels: int = 3, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0
