@@ -21,6 +21,7 @@ from rmix_fast.ops import (
     blend_sources,
     regions_from_mask,
     rmix,
+    rmix_cells,
     sage,
     saliency_grid,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "input_gradient",
     "regions_from_mask",
     "rmix",
+    "rmix_cells",
     "sage",
     "saliency_grid",
     "sample_rmix_params",

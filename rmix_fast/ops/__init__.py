@@ -5,6 +5,7 @@ from rmix_fast.ops._backends import BackendInfo, available_backends, resolve_bac
 from rmix_fast.ops.blend_regions import BLEND, OWN, PARTNER, blend_regions, regions_from_mask
 from rmix_fast.ops.blend_sources import blend_sources
 from rmix_fast.ops.rmix import rmix, saliency_grid
+from rmix_fast.ops.rmix_cells import rmix_cells
 from rmix_fast.ops.sage import sage
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "regions_from_mask",
     "resolve_backend",
     "rmix",
+    "rmix_cells",
     "sage",
     "saliency_grid",
 ]
