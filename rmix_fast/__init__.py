@@ -10,7 +10,18 @@ tensors (the interpreter: exact, slow, for tests).
 """
 
 from rmix_fast.losses import SoftTargetBCEWithLogits, SoftTargetCrossEntropy
-from rmix_fast.mixers import SAGE, AdAutoMix, CutMix, ManifoldMixup, MixParams, Mixup, RLMix, RMix, soft_targets
+from rmix_fast.mixers import (
+    SAGE,
+    AdAutoMix,
+    AmortisedRMix,
+    CutMix,
+    ManifoldMixup,
+    MixParams,
+    Mixup,
+    RLMix,
+    RMix,
+    soft_targets,
+)
 from rmix_fast.ops import (
     BLEND,
     OWN,
@@ -36,6 +47,7 @@ __all__ = [
     "PARTNER",
     "SAGE",
     "AdAutoMix",
+    "AmortisedRMix",
     "BackendInfo",
     "CutMix",
     "ManifoldMixup",

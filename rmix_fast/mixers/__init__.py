@@ -10,10 +10,12 @@ forward: every mixer also has ``with mixer.mixing(x, y, grad, layers=...) as (x_
 forward, which a loop can use for every method alike. RL-Mix is R-Mix with a learned level per sample: its
 agent is the mixer's state, and it reads the training backward's gradient (``mixer.after_backward()``).
 AdAutoMix runs the step's forwards itself (``owns_step``: ``training_loss``, ``after_optimizer_step``): its
-generator, one-hot head, EMA teacher and their optimiser are the mixer's state.
+generator, one-hot head, EMA teacher and their optimiser are the mixer's state. AmortisedRMix is R-Mix whose
+saliency is stored per sample from the training backward (``needs_indices``: the batch's dataset indices).
 """
 
 from rmix_fast.mixers.adautomix import AdAutoMix, AdAutoMixLoss
+from rmix_fast.mixers.amortised_rmix import AmortisedRMix
 from rmix_fast.mixers.base import Mixer, MixParams, RegionMixer, soft_targets
 from rmix_fast.mixers.cutmix import CutMix
 from rmix_fast.mixers.manifold import ManifoldMixup
@@ -26,6 +28,7 @@ __all__ = [
     "SAGE",
     "AdAutoMix",
     "AdAutoMixLoss",
+    "AmortisedRMix",
     "CutMix",
     "ManifoldMixup",
     "MixParams",

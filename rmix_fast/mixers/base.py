@@ -126,6 +126,9 @@ class Mixer(nn.Module):
     # The mixer runs the step's forwards and builds its loss (``training_loss``), then steps its own state
     # after the classifier's optimiser (``after_optimizer_step``): AdAutoMix.
     owns_step: ClassVar[bool] = False
+    # The batch's dataset indices too (``indices=``, a (B,) CPU integer tensor): a mixer that keeps per-sample
+    # state across epochs (``AmortisedRMix``'s saliency store).
+    needs_indices: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -177,6 +180,7 @@ class Mixer(nn.Module):
         *,
         layers: Sequence[nn.Module] = (),
         logits: Tensor | None = None,
+        indices: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """The mix of one forward pass, the same call for every mixer:
 
@@ -186,8 +190,9 @@ class Mixer(nn.Module):
         A mixer of images mixes them on entering (``x_in, y_soft = mixer(x, y, grad)``) and ignores
         ``layers``. A mixer of hidden activations (``ManifoldMixup``) hands back ``x`` itself and mixes the
         output of one of ``layers`` (modules run by ``model``'s forward) inside the block instead, removing
-        its hook on leaving the block, also when the forward raises."""
-        yield self(x, y, grad, logits=logits)
+        its hook on leaving the block, also when the forward raises. ``indices``: the batch's dataset indices,
+        handed on to a mixer that ``needs_indices`` (others ignore them)."""
+        yield self(x, y, grad, logits=logits, **({"indices": indices} if self.needs_indices else {}))
 
     def prepare_targets(self, x: Tensor, y: Tensor, grad: Tensor | None, logits: Tensor | None = None) -> Tensor:
         """Checks the call's arguments; returns y as (B, num_classes) float32 smoothed targets on x's device."""
@@ -226,6 +231,16 @@ class Mixer(nn.Module):
         return lam.to(torch.float32).expand(batch).contiguous()
 
     # -- a training loop's hooks, for a learned mixer (no-ops here) -----------------------------------
+    def needs_grad_for(self, indices: Tensor | None = None) -> bool:
+        """Whether this batch's mix needs the input gradient (the saliency pass): ``needs_grad``, or for a mixer
+        that keeps saliency per sample, whether some sample of ``indices`` has none stored yet. Decided on the
+        host, without reading the device."""
+        return self.needs_grad
+
+    def set_dataset_size(self, num_samples: int) -> None:
+        """The training set's size (dataset indices lie in [0, num_samples)), for a mixer with per-sample state;
+        called before the mixer is moved to its device or loads a state."""
+
     def attach(self, model: nn.Module, image_shape: tuple[int, int, int]) -> None:
         """Called once with the model and the (C, H, W) of its images, before training or loading a state: a
         mixer that reads the model (AdAutoMix's teacher and generator) builds its parts here."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from rmix_fast.mixers import SAGE, AdAutoMix, CutMix, ManifoldMixup, Mixer, Mixup, RLMix, RMix
+from rmix_fast.mixers import SAGE, AdAutoMix, AmortisedRMix, CutMix, ManifoldMixup, Mixer, Mixup, RLMix, RMix
 from rmix_fast.rl import POLICIES, PPOConfig
 
 __all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method"]
@@ -23,6 +23,7 @@ __all__ = ["METHODS", "Method", "OptionAdder", "mixer_options", "register_method
 OptionAdder = Callable[..., None]
 # Reports a bad option value and exits (argparse's ``parser.error``).
 OptionError = Callable[[str], NoReturn]
+SALIENCY_SOURCES = ("fresh", "amortised")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def mixer_options(args: argparse.Namespace) -> dict[str, Any]:
 def _rmix_options(add: OptionAdder) -> None:
     add("--grids", type=int, nargs="+", default=[2, 4], help="grid sizes p drawn per batch")
     add("--levels", type=int, default=10, help="number of percentile levels in [0, 0.99]")
+    add("--saliency-source", choices=SALIENCY_SOURCES, default="fresh", help="rmix: fresh, a saliency pass every "
+        "step (the paper's); amortised, each sample's map stored from the training backward the last time it was "
+        "trained on (a pass only for batches holding a sample not seen yet)")  # fmt: skip
 
 
 def _check_rmix(args: argparse.Namespace, error: OptionError) -> None:
@@ -80,6 +84,18 @@ def _check_rmix(args: argparse.Namespace, error: OptionError) -> None:
         error(f"--grids must all be >= 1, got {args.grids}")
     if args.levels < 1:
         error(f"--levels must be >= 1, got {args.levels}")
+    if args.saliency_source == "amortised":
+        if args.method != "rmix":
+            error(f"--saliency-source amortised is an option of --method rmix, not {args.method}")
+        if any(max(args.grids) % g for g in args.grids):
+            error(f"--saliency-source amortised needs every --grids to divide the finest, got {args.grids}")
+
+
+def _build_rmix(args: argparse.Namespace, num_classes: int) -> RMix:
+    """R-Mix; with ``--saliency-source amortised`` its maps come from a per-sample store (the trainer gives it
+    the dataset's size and each batch's indices)."""
+    cls = AmortisedRMix if args.saliency_source == "amortised" else RMix
+    return cls(num_classes, grids=tuple(args.grids), levels=args.levels, **mixer_options(args))
 
 
 register_method(Method("vanilla", "no mixing", lambda args, k: None))
@@ -89,7 +105,7 @@ register_method(
     Method(
         "rmix",
         "R-Mix (Luu et al. 2023): thresholded input-gradient saliency",
-        lambda args, k: RMix(k, grids=tuple(args.grids), levels=args.levels, **mixer_options(args)),
+        _build_rmix,
         add_options=_rmix_options,
         check=_check_rmix,
     )

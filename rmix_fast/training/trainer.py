@@ -109,6 +109,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
         self.mixer: Mixer | None = METHODS[args.method].build(args, self.num_classes)
         if self.mixer is not None:
+            self.mixer.set_dataset_size(len(self.train_set))  # for per-sample state, indexed by dataset index
             self.mixer.to(self.device)
             self.mixer.attach(self.model, (self.train_set.channels, *self.train_set.image_size))
             self.mixer.set_total_steps(args.epochs * self.steps_per_epoch)
@@ -206,9 +207,10 @@ class Trainer:
             drop_last=True,
         )
 
-    def step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def step(self, x: Tensor, y: Tensor, indices: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """One optimisation step; returns the detached loss of the (mixed) batch, the number of correct
         dominant labels, the batch the model was given and the input gradient (None unless the method needs it).
+        ``indices``: the batch's dataset indices (CPU), for a mixer that ``needs_indices``.
 
         With ``--clean-loss-weight W > 0`` the clean batch's loss (the run's loss on its own targets) is a
         training signal too: one backward of ``W * clean_loss`` leaves its parameter gradients in ``.grad`` for
@@ -219,7 +221,7 @@ class Trainer:
             return self._owned_step(x, y)
         a = self.args
         grad = clean_logits = None
-        needs_grad = self.mixer is not None and self.mixer.needs_grad
+        needs_grad = self.mixer is not None and self.mixer.needs_grad_for(indices)
         needs_logits = self.mixer is not None and self.mixer.needs_logits
         self.optimizer.zero_grad(set_to_none=True)  # before the clean pass, whose gradients are kept
         with amp_autocast(a.amp, self.device):
@@ -250,7 +252,8 @@ class Trainer:
                 mixing = nullcontext((x, soft_targets(y, self.num_classes, a.label_smoothing)))
             else:
                 observed = clean_logits if needs_logits else None
-                mixing = self.mixer.mixing(x, y, grad, layers=self.mix_layers, logits=observed)
+                extra = {"indices": indices} if self.mixer.needs_indices else {}
+                mixing = self.mixer.mixing(x, y, grad, layers=self.mix_layers, logits=observed, **extra)
             with mixing as (x_mix, y_soft):
                 logits = self.forward_model(x_mix)
             loss = self.criterion(logits, y_soft)
@@ -336,7 +339,7 @@ class Trainer:
         bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{a.epochs}", enabled=env.is_main and a.progress)
         start = time.perf_counter()
         stream = iterate_batches(self.train_set, batches, device=self.device, workers=a.workers)
-        for step, (xb, yb, _) in enumerate(stream):
+        for step, (xb, yb, idx) in enumerate(stream):
             x = to_pixels(
                 xb,
                 augment=self.train_set.train_augment == "crop_flip",
@@ -344,7 +347,7 @@ class Trainer:
                 generator=augment_gen,
                 channels_last=a.channels_last,
             )
-            loss, correct, x_mix, grad = self.step(x, yb)
+            loss, correct, x_mix, grad = self.step(x, yb, idx)
             if epoch == 0 and step == 0 and env.is_main:
                 self._keep_sample(x, yb, x_mix, grad)
             sums += torch.stack([loss.double() * yb.shape[0], correct.double()])
