@@ -65,9 +65,12 @@ def _step(model, mixer, x, y):
 
 def _declare_host_state(probe: HostReadProbe, mixer) -> None:
     """RL-Mix's Adam keeps its step counts as CPU tensors on every device (not capturable): reading them in
-    the agent's update is a host read there, not a sync."""
+    the agent's update is a host read there, not a sync. AmortisedRMix keeps a host copy of its store's flags
+    (it decides from the sampler's host indices whether a batch needs the saliency pass)."""
     if isinstance(mixer, rmix_fast.RLMix):
         probe.declare_host(*(state["step"] for state in mixer.agent.optimizer.state.values()))
+    if isinstance(mixer, rmix_fast.AmortisedRMix):
+        probe.declare_host(mixer._seen_host)
 
 
 def _report(probe: HostReadProbe) -> str:
@@ -91,6 +94,28 @@ def test_a_mixer_step_reads_nothing_back(cls, option, backend):
         assert not probe.reads, f"batch {i}: {_report(probe)}"
         applied.add(mixer.last_params.applied)
     assert applied == ({True, False} if option == "prob" else {True})
+
+
+@pytest.mark.parametrize(("option", "backend"), CASES, ids=[f"{o}-{b}" for o, b in CASES])
+def test_an_amortised_step_reads_nothing_back(option, backend):
+    """AmortisedRMix as rmix-train runs it, the sampler's indices on the host: batches with unseen samples take
+    the fresh pass, batches of stored samples mix from the store; storing the routed gradient reads nothing."""
+    model, mixer, x, y = _setup(rmix_fast.AmortisedRMix, "cpu", backend, num_samples=12, **OPTIONS[option])
+    batches = [torch.arange(6), torch.arange(6, 12), torch.arange(6).flip(0), torch.arange(0, 12, 2)]
+    fresh = []
+    for i, idx in enumerate(batches):
+        with HostReadProbe() as probe:
+            probe.declare_host(idx)  # the sampler's indices: host memory on every device
+            _declare_host_state(probe, mixer)
+            needs = mixer.needs_grad_for(idx)
+            grad = rmix_fast.input_gradient(model, x, y) if needs else None
+            with mixer.mixing(x, y, grad, indices=idx) as (x_in, y_soft):
+                logits = model(x_in)
+            SoftTargetCrossEntropy()(logits, y_soft).backward()
+            mixer.after_backward()
+        assert not probe.reads, f"batch {i}: {_report(probe)}"
+        fresh.append(needs)
+    assert fresh == [True, True, False, False]
 
 
 @pytest.mark.parametrize("cls", MIXERS, ids=lambda c: c.__name__)

@@ -98,6 +98,8 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
         ("rmix_fast.train", "rlmix", ["--agent-steps", "4", "--agent-minibatch", "2"]),
         # SAGE with its published update: the clean loss's gradients kept, both losses weighted
         ("rmix_fast.train", "sage", []),
+        # R-Mix with amortised saliency: the store (every sample's map, written every step) is the state
+        ("rmix_fast.train", "rmix", ["--saliency-source", "amortised"]),
     ],
 )
 def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
@@ -122,6 +124,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
     assert state["epoch"] in (0, 1)
     if method == "stateful":
         assert int(state["mixer"]["steps"]) == 5 * (state["epoch"] + 1)  # 5 steps an epoch
+    if "amortised" in extra:
+        assert bool(state["mixer"]["store.seen"].all())  # an epoch stores every sample
 
     done = subprocess.run(
         [*cmd, "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=300
@@ -148,6 +152,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
         (["--clean-loss-weight", "inf"], "--clean-loss-weight must be a finite number >= 0"),
         (["--method", "manifold", "--compile"], "a --compile'd model does not run"),
         (["--grids", "0"], "--grids must all be >= 1"),
+        (["--saliency-source", "amortised", "--grids", "3", "4"], "needs every --grids to divide the finest"),
+        (["--saliency-source", "amortised", "--method", "rlmix"], "is an option of --method rmix, not rlmix"),
         (["--scheduler", "multistep", "--epochs", "5", "--milestones", "9"], "--milestones must lie in [1"),
         (["--resume"], "--resume needs --out"),
     ],

@@ -1,5 +1,6 @@
 """R-Mix, Manifold Mixup with a clean loss and RL-Mix under DistributedDataParallel with 2 CPU processes on
-gloo, launched with torchrun; and rmix-train's RL-Mix under torchrun, stopped after a checkpoint and resumed."""
+gloo, launched with torchrun; and rmix-train's RL-Mix and amortised R-Mix under torchrun, stopped after a
+checkpoint and resumed."""
 
 from __future__ import annotations
 
@@ -111,3 +112,35 @@ def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
     assert results[1] == results[0]
     assert "rl_policy_loss" in results[1][0][2]
     assert [row["rl_updates"] for row in results[0][0]] == [0, 1, 1]
+
+
+def test_amortised_rmix_under_torchrun_keeps_identical_stores_and_resumes_exactly(tmp_path):
+    # 2 steps per rank and epoch: each rank sees half the samples an epoch, and stores every rank's maps
+    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40",
+            "--batch-size", "20", "--no-progress", "--method", "rmix", "--saliency-source", "amortised",
+            "--epochs", "3"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    torchrun("rmix_fast.train", *args, "--out", str(whole))
+    torchrun("tests.helpers.stop_after_epoch", "2", *args, "--out", str(stopped))
+
+    state = load_checkpoint(stopped / "checkpoint.pt")
+    assert state["epoch"] == 1 and len(state["mixer_ranks"]) == 2
+    stores = [{k: v for k, v in mixer.items() if k.startswith("store.")} for mixer in state["mixer_ranks"]]
+    assert stores[0].keys() == {"store.maps", "store.seen"} == stores[1].keys()
+    for key in stores[0]:
+        assert torch.equal(stores[0][key], stores[1][key]), f"the ranks' {key} differ"
+    assert bool(stores[0]["store.seen"].all())
+    assert (stores[0]["store.maps"].float().sum(dim=(1, 2)) - 1).abs().max() < 1e-2  # maps that sum to 1
+
+    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
+    assert "resumed from" in resumed.stdout
+    timing = ("seconds", "images_per_s")
+    results = []
+    for run in (whole, stopped):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["world_size"] == 2
+        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
+        results.append((history, metrics["final"]))
+    assert results[1] == results[0]
+    # epoch 1 meets every sample for the first time; from epoch 2 on each rank knows the other's samples too
+    assert [row["amortised_share"] for row in results[0][0]] == [0.0, 1.0, 1.0]

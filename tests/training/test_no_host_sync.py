@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from rmix_fast.mixers import RLMix
+from rmix_fast.mixers import AmortisedRMix, RLMix
 from rmix_fast.training.batches import iterate_batches, to_pixels
 from rmix_fast.training.methods import METHODS
 from rmix_fast.training.options import parse_args
@@ -48,6 +48,8 @@ def _declare_host_state(probe: HostReadProbe, trainer: Trainer) -> None:
     the agent's update is a host read there, not a sync."""
     if isinstance(trainer.mixer, RLMix):
         probe.declare_host(*(state["step"] for state in trainer.mixer.agent.optimizer.state.values()))
+    if isinstance(trainer.mixer, AmortisedRMix):  # its host copy of the store's flags
+        probe.declare_host(trainer.mixer._seen_host)
 
 
 def _batches(trainer: Trainer, n: int):
@@ -82,6 +84,25 @@ def test_a_clean_loss_step_reads_nothing_back(tmp_path, method):
         assert not probe.reads, "\n".join(map(str, probe.reads))
 
 
+@pytest.mark.parametrize("clean_loss", ["0", "0.5"])
+def test_an_amortised_step_reads_nothing_back(tmp_path, clean_loss):
+    """R-Mix with --saliency-source amortised: epoch 1's batches take the fresh pass (their samples are new),
+    epoch 2's mix from the store; the sampler's indices are host memory."""
+    trainer = _trainer(tmp_path, "rmix", "cpu", "--saliency-source", "amortised", "--clean-loss-weight", clean_loss)
+    calls = []
+    for epoch, steps in ((0, 4), (1, 2)):  # 4 steps an epoch
+        for xb, yb, idx in iterate_batches(trainer.train_set, trainer._batches(epoch)[:steps], device=trainer.device):
+            x = to_pixels(xb, augment=True, generator=torch.Generator().manual_seed(0))
+            calls.append(trainer.mixer.needs_grad_for(idx))
+            with HostReadProbe() as probe:
+                probe.declare_host(idx)
+                _declare_host_state(probe, trainer)
+                trainer.step(x, yb, idx)
+            assert not probe.reads, "\n".join(map(str, probe.reads))
+        trainer.mixer.end_epoch()
+    assert calls == [True] * 4 + [False] * 2
+
+
 def test_an_epoch_reads_its_sums_back_once(tmp_path):
     trainer = _trainer(tmp_path, "rmix", "cpu")
     trainer.train_epoch(0)  # the first epoch also keeps a sample batch for the picture
@@ -92,6 +113,18 @@ def test_an_epoch_reads_its_sums_back_once(tmp_path):
         assert trainer.scheduler.last_epoch == 4 + 1 + (steps if epoch == 2 else 0)
         assert [(r.op, r.where[0].split(" in ")[1]) for r in probe.reads] == [("Tensor.tolist", "train_epoch")]
         assert 0 < row["train_loss"] < 10 and 0 <= row["train_top1"] <= 100
+
+
+def test_an_amortised_epoch_reads_its_sums_and_the_store_s_flags_once(tmp_path):
+    trainer = _trainer(tmp_path, "rmix", "cpu", "--saliency-source", "amortised")
+    trainer.train_epoch(0)
+    _limit_steps(trainer, 3)
+    with HostReadProbe() as probe:
+        _declare_host_state(probe, trainer)
+        row = trainer.train_epoch(1)
+    where = [(r.op, r.where[0].split(" in ")[1]) for r in probe.reads]
+    assert where == [("Tensor.cpu", "_mirror_store"), ("Tensor.tolist", "train_epoch")]
+    assert row["amortised_share"] == 1.0
 
 
 @pytest.mark.cuda

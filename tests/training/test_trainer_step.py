@@ -102,3 +102,36 @@ def test_a_clean_loss_step_adds_the_weighted_clean_gradient(tmp_path, method):
     assert torch.equal(loss, mixed_loss.detach())  # the logged loss is the mixed batch's
     for p, c, m in zip(trainer.model.parameters(), clean, mixed, strict=True):
         assert torch.equal(p.grad, c + m)
+
+
+def test_an_amortised_step_stores_the_routed_gradient_and_skips_the_pass_for_stored_samples(tmp_path, monkeypatch):
+    """R-Mix with --saliency-source amortised, through Trainer.step: a batch of new samples runs the saliency
+    pass, the same batch again does not (input_gradient is not called); each step stores every sample's map
+    of d mixed loss / d x, which equals autograd's on a copy of the model (the mix replayed from its draws)."""
+    import rmix_fast.training.trainer as trainer_module
+    from rmix_fast import blend_regions
+    from rmix_fast.saliency_store import cell_map_from_gradient
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return input_gradient(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "input_gradient", counted)
+    trainer, _, _, x, y = _setup(tmp_path, "rmix", "--saliency-source", "amortised", "--grids", "2", "4")
+    idx = trainer._batches(0)[0]
+    store = trainer.mixer.store
+    assert store.grid == 4 and store.num_samples == len(trainer.train_set)
+    for fresh in (True, False):
+        twin = copy.deepcopy(trainer.model)
+        _, _, x_mix, grad = trainer.step(x, y, idx)
+        assert len(calls) == 1 and (grad is not None) == fresh
+        params = trainer.mixer.last_params
+        xr = x.clone().requires_grad_(True)
+        mixed, _ = blend_regions(xr, perm=params.perm, lam=params.lam, regions=params.region_map())
+        assert torch.equal(mixed, x_mix)
+        y_soft = torch.lerp(soft_targets(y, 10)[params.perm], soft_targets(y, 10), params.lam_eff.unsqueeze(1))
+        (dx,) = torch.autograd.grad(trainer.criterion(twin(mixed), y_soft), xr)
+        assert torch.equal(store.maps[idx], cell_map_from_gradient(dx, 4).half())
+        assert store.seen.sum() == len(idx) and store.seen[idx].all()
