@@ -13,6 +13,10 @@ Methods, each one optimizer step on a random batch (SGD with momentum, soft-targ
   gradients included, then zeroed), the one-op-per-formula mixing of ``baselines/rmix_paper.py``, then the step;
 * ``rmix_fast``: ``rmix_fast.input_gradient`` (gradient w.r.t. the input only) and ``rmix_fast.RMix``;
 * ``rmix_fast_half``: the same with ``input_gradient(..., resolution=0.5)``;
+* ``rmix_amortised``: ``rmix_fast.AmortisedRMix`` as ``rmix-train --saliency-source amortised`` runs it, in its
+  steady state (every sample of the batch stored, as from the second epoch on: a step before timing stores
+  them): no saliency pass, the mix from the stored maps, the batch requiring grad so that the training backward
+  also computes d loss / d x, and ``after_backward()`` storing the maps. Its goal: at most 1.1x vanilla;
 * ``rlmix``: RL-Mix's step as rmix-train runs it: ``input_gradient(..., return_logits=True)``,
   ``rmix_fast.mixers.RLMix`` (the agent observes the batch and picks each sample's level), the step, with
   ``mixer.after_backward()`` (the reward, from the gradient the loss sends to the mixed images) between the
@@ -63,18 +67,28 @@ import common
 from baselines.rmix_paper import paper_input_gradient, paper_rmix
 from studies import mask_agreement
 
-from rmix_fast import SAGE, CutMix, RMix, SoftTargetCrossEntropy, clean_loss_backward, input_gradient, soft_targets
+from rmix_fast import (
+    SAGE,
+    AmortisedRMix,
+    CutMix,
+    RMix,
+    SoftTargetCrossEntropy,
+    clean_loss_backward,
+    input_gradient,
+    soft_targets,
+)
 from rmix_fast.mixers import RLMix
 from rmix_fast.rl import PPOConfig, observe
 from rmix_fast.sampling import sample_rmix_params
 from rmix_fast.training.models import build_model
 
-METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix", "sage")
+METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rmix_amortised", "rlmix", "sage")
 # The goals on a GPU: method -> (the method its time is a ratio to, the ratio). R-Mix's are the issue's, to
 # vanilla; RL-Mix's is to R-Mix (the paper's RL-Mix step cost 2x its R-Mix step).
 GOALS = {
     "rmix_fast": ("vanilla", 1.6),
     "rmix_fast_half": ("vanilla", 1.25),
+    "rmix_amortised": ("vanilla", 1.1),
     "rlmix": ("rmix_fast", 1.1),
     "sage": ("vanilla", 2.1),
 }
@@ -179,6 +193,10 @@ class StepRunner:
         rollout = dataclasses.replace(self.ppo, n_steps=max(self.ppo.n_steps, rl_steps_timed))
         self.rlmix = RLMix(case.num_classes, generator=self.gen, ppo=rollout).to(device)
         self.sage = SAGE(case.num_classes, generator=self.gen)
+        # a store for the batch's samples, filled lazily by the first amortised step (the only one that runs the
+        # pass): time_case runs it once before timing
+        self.indices = torch.arange(case.batch)
+        self.amortised = AmortisedRMix(case.num_classes, generator=self.gen, num_samples=case.batch).to(device)
         self.autocast: Callable[[], object] = (
             partial(torch.autocast, device.type, dtype=torch.bfloat16) if case.amp == "bf16" else nullcontext
         )
@@ -217,6 +235,13 @@ class StepRunner:
             with self.autocast():
                 grad = input_gradient(self.model, x, y, resolution=0.5 if method == "rmix_fast_half" else 1.0)
             self._train_on(*self.rmix(x, y, grad))
+        elif method == "rmix_amortised":
+            grad = None
+            if self.amortised.needs_grad_for(self.indices):  # the first step only: then every sample is stored
+                with self.autocast():
+                    grad = input_gradient(self.model, x, y)
+            mixed = self.amortised(x, y, grad, indices=self.indices)
+            self._train_on(*mixed, after_backward=self.amortised.after_backward)
         elif method == "rlmix":
             with self.autocast():
                 grad, logits = input_gradient(self.model, x, y, return_logits=True)
@@ -279,6 +304,8 @@ def time_case(
 ) -> list[dict]:
     # every timed step, the warm-up's and the peak-memory step too, fits in RL-Mix's rollout: none updates
     runner = StepRunner(case, device, ppo=ppo, rl_steps_timed=warmup + reps + 1)
+    if "rmix_amortised" in methods:
+        runner.step("rmix_amortised")  # stores the batch's maps: every timed step mixes from the store
     calls = {m: partial(runner.step, m) for m in methods}
     ms = common.interleaved_medians(calls, device, warmup=warmup, reps=reps)
     rl: dict[str, float | None] = {}
@@ -329,7 +356,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                     ax.plot([x - width / 2, x + width / 2], [level, level], color="black", linewidth=1, label=label)
                     label = None  # one legend entry
     vanilla_goals = [goal for goal_to, goal in GOALS.values() if goal_to == "vanilla"]
-    for goal, style in zip(vanilla_goals, ("--", ":", "-."), strict=True):
+    for goal, style in zip(vanilla_goals, ("--", ":", (0, (5, 1)), "-."), strict=True):
         ax.axhline(goal, color="grey", linestyle=style, linewidth=0.8)
     ax.set_ylabel("time per step / vanilla (same run)")
     ax.set_xticks(range(len(cases)), cases, fontsize=8)

@@ -473,6 +473,8 @@ def test_bench_step_runs_every_method_and_measures_agreement(tmp_path):
             assert r["time_ms"] == pytest.approx(r["rl_step_ms"] + r["rl_update_ms"] / 6)
             assert (r["goal_to"], r["goal_ratio"]) == ("rmix_fast", 1.1)
             assert r["goal_met"] == (r["ratio_to_rmix_fast"] <= 1.1)
+        if r["method"] == "rmix_amortised":  # no saliency pass: the goal is close to vanilla
+            assert (r["goal_to"], r["goal_ratio"]) == ("vanilla", 1.1)
         if r["method"] == "sage":  # its clean pass is a full backward: the goal is relative to vanilla
             assert (r["goal_to"], r["goal_ratio"]) == ("vanilla", 2.1)
             assert r["goal_met"] == (r["ratio_to_vanilla"] <= 2.1)
@@ -544,6 +546,17 @@ def test_rlmix_steps_timed_never_update():
     for _ in range(5):
         runner.step("rlmix")
     assert runner.rlmix.agent.n_updates == 0 and runner.rlmix.agent.buffer.pos == 5
+
+
+def test_amortised_steps_timed_mix_from_the_store():
+    """The first amortised step runs the pass and stores the batch; the timed ones never run it."""
+    case = bench_step.StepCase.parse("small_cnn:16:3:none:contiguous:3")
+    runner = bench_step.StepRunner(case, torch.device("cpu"))
+    assert runner.amortised.needs_grad_for(runner.indices)
+    for _ in range(3):
+        runner.step("rmix_amortised")
+        assert not runner.amortised.needs_grad_for(runner.indices)
+    assert runner.amortised.epoch_stats() == {"amortised_share": 2 / 3}
 
 
 def test_step_runner_rejects_unknown_method():
