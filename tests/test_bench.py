@@ -576,6 +576,19 @@ def test_mask_agreement_study_writes_its_figures(tmp_path):
     assert all(v["agreement_per_level"][0] == 1.0 for v in saved["per_grid"].values())
 
 
+@pytest.mark.slow  # a benchmark run end to end
+def test_mask_agreement_study_of_amortised_saliency(tmp_path):
+    stem = tmp_path / "amortised"
+    r = mask_agreement.main(["--device", "cpu", "--model", "small_cnn", "--saliency", "amortised", "--epochs", "2",
+                             "--batch", "16", "--train-images", "48", "--test-images", "16", "--eval-images", "24",
+                             "--out", str(stem)])  # fmt: skip
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert saved["saliency"] == "amortised" and saved["eval_images"] == 24 and saved["train_steps"] == 6
+    for kind in ("agreement", "same_view", "other_image", "regrouped_batch"):
+        assert saved[kind] == r[kind] and 0.0 < saved[kind] <= 1.0, kind
+        assert all(v[f"{kind}_per_level"][0] == 1.0 for v in saved["per_grid"].values())  # q = 0: all top
+
+
 # ------------------------------------------------------------------------------------ bench as a whole
 
 
