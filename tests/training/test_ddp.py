@@ -1,5 +1,6 @@
 """R-Mix, Manifold Mixup with a clean loss and RL-Mix under DistributedDataParallel with 2 CPU processes on
-gloo, launched with torchrun; and rmix-train's RL-Mix under torchrun, stopped after a checkpoint and resumed."""
+gloo, launched with torchrun; and rmix-train's RL-Mix and AdAutoMix under torchrun, stopped after a checkpoint
+and resumed."""
 
 from __future__ import annotations
 
@@ -111,3 +112,47 @@ def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
     assert results[1] == results[0]
     assert "rl_policy_loss" in results[1][0][2]
     assert [row["rl_updates"] for row in results[0][0]] == [0, 1, 1]
+
+
+def test_adautomix_training_under_torchrun_stays_in_sync_and_resumes_exactly(tmp_path):
+    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40",
+            "--batch-size", "20", "--no-progress", "--method", "adautomix", "--epochs", "3"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    torchrun("rmix_fast.train", *args, "--out", str(whole))
+    torchrun("tests.helpers.stop_after_epoch", "2", *args, "--out", str(stopped))
+
+    state = load_checkpoint(stopped / "checkpoint.pt")
+    assert state["epoch"] == 1 and len(state["mixer_ranks"]) == 2
+    ranks = state["mixer_ranks"]
+    # the generator's, the one-hot head's and the teacher's parameters and the generator's SGD momentum:
+    # bit-identical on both ranks after 4 steps on different batches. BatchNorm running statistics are each
+    # rank's own between steps (every step starts from rank 0's, as DDP's broadcast_buffers does).
+    assert ranks[0].keys() == ranks[1].keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    tensors = [k for k, v in ranks[0].items() if isinstance(v, torch.Tensor) and not k.endswith(statistics)]
+    for prefix in ("mask_generator.", "head_one.", "teacher.module."):
+        assert any(k.startswith(prefix) for k in tensors), prefix
+    for key in tensors:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert not torch.equal(ranks[0]["teacher.module.net.features.0.1.running_mean"],
+                           ranks[1]["teacher.module.net.features.0.1.running_mean"])  # fmt: skip
+    extra = [r["_extra_state"] for r in ranks]
+    assert [e["iteration"] for e in extra] == [4, 4]
+    moments = [e["optimizer"]["state"] for e in extra]
+    assert moments[0].keys() == moments[1].keys() and len(moments[0]) > 0
+    for i in moments[0]:
+        assert torch.equal(moments[0][i]["momentum_buffer"], moments[1][i]["momentum_buffer"])
+    # the teacher moved away from its initial copy of the model (the EMA ran on every rank alike)
+    assert not torch.equal(ranks[0]["teacher.module.net.classifier.weight"], state["model"]["net.classifier.weight"])
+
+    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
+    assert "resumed from" in resumed.stdout
+    timing = ("seconds", "images_per_s")
+    results = []
+    for run in (whole, stopped):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["world_size"] == 2
+        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
+        results.append((history, metrics["final"]))
+    assert results[1] == results[0]
+    assert "adautomix_mix_k" in results[0][0][0]
