@@ -21,6 +21,15 @@ Methods, each one optimizer step on a random batch (SGD with momentum, soft-targ
   0.3 runs a full backward (its weight gradients are kept: ``clean_loss_backward``) and gives the saliency,
   ``rmix_fast.SAGE`` mixes (39 candidate shifts at 32 px, 1998 at 224 px), the mixed loss times 0.7 adds its
   gradients, one optimizer step. Its goal: at most 2.1x vanilla (the clean pass's full backward is part of it).
+* ``adautomix``: AdAutoMix's step as ``rmix-train --method adautomix`` runs it (``AdAutoMix.training_loss``:
+  the teacher on the clean batch for the generator's features, the generator twice, two fused blends, the
+  teacher on the generator's mix and on each source, the classifier on the clean batch, the linear mix and
+  the generated mix; one backward; the classifier's step, the generator's and the one-hot head's step, the
+  ``_foreach`` EMA). The published CIFAR configuration below 128 px (3 sources), the ImageNet one from 128 px
+  (2 sources, lam channel, BatchNorm in the generator). Its goal: at most 4x vanilla (the published step costs
+  about 5x vanilla in FLOPs).
+* ``adautomix_reuse``: the same with ``reuse_teacher_logits=True`` (the cosine term from the teacher's pass
+  over the clean batch, permuted: N teacher passes fewer).
 
 Each is reported as time per step and as a ratio to vanilla measured in the same run (methods take turns,
 one step each per round), and RL-Mix also as a ratio to ``rmix_fast`` (R-Mix): the paper's RL-Mix step took
@@ -64,12 +73,12 @@ from baselines.rmix_paper import paper_input_gradient, paper_rmix
 from studies import mask_agreement
 
 from rmix_fast import SAGE, CutMix, RMix, SoftTargetCrossEntropy, clean_loss_backward, input_gradient, soft_targets
-from rmix_fast.mixers import RLMix
+from rmix_fast.mixers import AdAutoMix, RLMix
 from rmix_fast.rl import PPOConfig, observe
 from rmix_fast.sampling import sample_rmix_params
 from rmix_fast.training.models import build_model
 
-METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix", "sage")
+METHODS = ("vanilla", "cutmix", "paper", "rmix_fast", "rmix_fast_half", "rlmix", "sage", "adautomix", "adautomix_reuse")
 # The goals on a GPU: method -> (the method its time is a ratio to, the ratio). R-Mix's are the issue's, to
 # vanilla; RL-Mix's is to R-Mix (the paper's RL-Mix step cost 2x its R-Mix step).
 GOALS = {
@@ -77,6 +86,8 @@ GOALS = {
     "rmix_fast_half": ("vanilla", 1.25),
     "rlmix": ("rmix_fast", 1.1),
     "sage": ("vanilla", 2.1),
+    "adautomix": ("vanilla", 4.0),
+    "adautomix_reuse": ("vanilla", 4.0),
 }
 
 
@@ -179,9 +190,22 @@ class StepRunner:
         rollout = dataclasses.replace(self.ppo, n_steps=max(self.ppo.n_steps, rl_steps_timed))
         self.rlmix = RLMix(case.num_classes, generator=self.gen, ppo=rollout).to(device)
         self.sage = SAGE(case.num_classes, generator=self.gen)
+        self.adautomix = {m: self._adautomix(reuse=m.endswith("_reuse")) for m in ("adautomix", "adautomix_reuse")}
         self.autocast: Callable[[], object] = (
             partial(torch.autocast, device.type, dtype=torch.bfloat16) if case.amp == "bf16" else nullcontext
         )
+
+    def _adautomix(self, *, reuse: bool) -> AdAutoMix:
+        """The published CIFAR configuration for small images, the ImageNet ResNet-50 one from 128 px."""
+        imagenet = self.case.image_size >= 128
+        mixer = AdAutoMix(
+            self.case.num_classes, n_sources=2 if imagenet else 3, beta=0.1 if imagenet else 0.3,
+            lam_concat=imagenet, norm="bn" if imagenet else None, reuse_teacher_logits=reuse, lr=1e-4,
+            generator=self.gen,
+        )  # fmt: skip
+        mixer.attach(self.model, (3, self.case.image_size, self.case.image_size))
+        mixer.set_total_steps(10**6)
+        return mixer
 
     def _train_on(
         self,
@@ -226,6 +250,14 @@ class StepRunner:
             with self.autocast():
                 grad, _ = clean_loss_backward(self.model, x, soft_targets(y, K), weight=0.3, loss_fn=self.loss)
             self._train_on(*self.sage(x, y, grad), weight=0.7, keep_grads=True)
+        elif method in ("adautomix", "adautomix_reuse"):
+            mixer = self.adautomix[method]
+            self.opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = mixer.training_loss(self.model, x, y, self.loss)
+            out.loss.backward()
+            self.opt.step()
+            mixer.after_optimizer_step(self.model, lr=1e-4)
         else:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
