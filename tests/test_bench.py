@@ -610,6 +610,7 @@ def test_gpu_session_names_files_that_exist():
         "bench_sage",
         "bench_blend_sources",
         "bench_step",
+        "bench_step_adautomix",
     )
     for stage in stages:
         assert f"wants {stage}" in script

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from rmix_fast.training.checkpoint import load_checkpoint
+from tests.helpers import ddp_adautomix_worker as worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,3 +158,24 @@ def test_adautomix_training_under_torchrun_stays_in_sync_and_resumes_exactly(tmp
         results.append((history, metrics["final"]))
     assert results[1] == results[0]
     assert "adautomix_mix_k" in results[0][0][0]
+
+
+def test_adautomix_step_averages_every_gradient_over_the_ranks(tmp_path):
+    mp.spawn(worker.run, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(ranks[0]["loss"], ranks[1]["loss"])  # each rank its own batch and draws
+    # rank 1 started with other BatchNorm statistics; the step starts from rank 0's on both
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["after_broadcast"], ranks[1]["after_broadcast"], strict=True))
+    # the classifier's, the one-hot head's and the generator's gradients: exactly the mean of the ranks' own
+    assert len(ranks[0]["averaged"]) == len(ranks[0]["local"]) > 0
+    for i, (a0, a1) in enumerate(zip(ranks[0]["averaged"], ranks[1]["averaged"], strict=True)):
+        mean = (ranks[0]["local"][i] + ranks[1]["local"][i]) / 2
+        assert torch.equal(a0, mean) and torch.equal(a1, mean), i
+    assert any(not torch.equal(r0, r1) for r0, r1 in zip(ranks[0]["local"], ranks[1]["local"], strict=True))
+    # after the step the parameters (classifier, generator, head, teacher) agree bit for bit
+    for key in ranks[0]["model"]:
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(ranks[0]["model"][key], ranks[1]["model"][key]), key
+    for key in ranks[0]["mixer"]:
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(ranks[0]["mixer"][key], ranks[1]["mixer"][key]), key
