@@ -33,6 +33,19 @@ def torchrun(module: str, *args: str) -> subprocess.CompletedProcess:
     return run
 
 
+def resume_and_compare(whole: Path, stopped: Path) -> list[tuple[list[dict], dict]]:
+    """Resumes the stopped run under torchrun; the two runs' histories (timings left out) and final metrics."""
+    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
+    assert "resumed from" in resumed.stdout
+    results = []
+    for run in (whole, stopped):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["world_size"] == 2
+        history = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in metrics["history"]]
+        results.append((history, metrics["final"]))
+    return results
+
+
 def test_steps_under_ddp_with_torchrun(tmp_path):
     torchrun("tests.helpers.ddp_worker", str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -101,15 +114,7 @@ def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
     assert not torch.equal(buffers[0]["rewards"][:1], buffers[1]["rewards"][:1])
     assert state["mixer"].keys() == state["mixer_ranks"][0].keys()  # rank 0's own, for a single-process resume
 
-    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
-    assert "resumed from" in resumed.stdout
-    timing = ("seconds", "images_per_s")
-    results = []
-    for run in (whole, stopped):
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["complete"] and metrics["world_size"] == 2
-        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
-        results.append((history, metrics["final"]))
+    results = resume_and_compare(whole, stopped)
     # epoch 3 does not update: both runs report epoch 2's update there (the resumed one from the checkpoint)
     assert results[1] == results[0]
     assert "rl_policy_loss" in results[1][0][2]
@@ -147,15 +152,7 @@ def test_adautomix_training_under_torchrun_stays_in_sync_and_resumes_exactly(tmp
     # the teacher moved away from its initial copy of the model (the EMA ran on every rank alike)
     assert not torch.equal(ranks[0]["teacher.module.net.classifier.weight"], state["model"]["net.classifier.weight"])
 
-    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
-    assert "resumed from" in resumed.stdout
-    timing = ("seconds", "images_per_s")
-    results = []
-    for run in (whole, stopped):
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["complete"] and metrics["world_size"] == 2
-        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
-        results.append((history, metrics["final"]))
+    results = resume_and_compare(whole, stopped)
     assert results[1] == results[0]
     assert "adautomix_mix_k" in results[0][0][0]
 
