@@ -5,19 +5,20 @@
 #
 #   call 1, correctness (expected ~5 min, stage limits add up to 8.7 min): build + checks + tests
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=1 bash bench/gpu_session.sh", timeout_s=600)
-#   call 2, speed (expected ~7.5 min, limits 9 min): build (skipped when call 1's is there) + the benchmarks
+#   call 2, speed (expected ~8 min, limits 9 min): build (skipped when call 1's is there) + the benchmarks
 #     run(command="RMIX_FAST_COMMIT=<sha> CALL=2 bash bench/gpu_session.sh", timeout_s=600)
 #
 # (RMIX_FAST_COMMIT: the commit being run, for the JSON files; the machine's copy of the tree has no .git.)
 #
 #   STAGES="checks" bash bench/gpu_session.sh   # any subset of: build checks tests bench_rmix bench_blend_regions
-#                                               #   bench_sage bench_blend_sources bench_step
+#                                               #   bench_sage bench_blend_sources bench_step bench_step_adautomix
 #
 # A session's device budget (15 min, start-up included) holds both calls only just; if it is short, call 2 can
 # leave out bench_step (STAGES="build bench_rmix bench_blend_regions bench_sage bench_blend_sources"). Expected times on an H100/H200:
 # build ~1–1.5 min (16 jobs, sm_90 only); checks ~2.5 min (bench/gpu_checks.py: seven probes in child processes,
 # --budget 220 s); tests ~1.5 min; bench_rmix ~3 min; bench_blend_regions ~1 min; bench_sage ~0.5 min;
-# bench_blend_sources ~0.3 min (estimated, not yet run on a GPU); bench_step ~2 min (RL-Mix's PPO update at the authors' 1000-step rollout included).
+# bench_blend_sources ~0.3 min (estimated, not yet run on a GPU); bench_step ~2 min (RL-Mix's PPO update at the authors' 1000-step rollout included); bench_step_adautomix
+# ~0.7 min (estimated: about 9 vanilla steps per round).
 #
 # A stage that runs out of time is reported and the next one still runs. The op benchmarks write their JSON
 # after every case and gpu_checks.py after every probe, so one cut short still brings back what it finished
@@ -30,8 +31,8 @@ mkdir -p "$OUT"
 CALL=${CALL:-1}
 case "$CALL" in
   1) default_stages="build checks tests" ;;
-  2) default_stages="build bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step" ;;
-  all) default_stages="build checks tests bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step" ;;
+  2) default_stages="build bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step bench_step_adautomix" ;;
+  all) default_stages="build checks tests bench_rmix bench_blend_regions bench_sage bench_blend_sources bench_step bench_step_adautomix" ;;
   *) echo "CALL must be 1, 2 or all, got '$CALL'" >&2; exit 2 ;;
 esac
 STAGES=${STAGES-$default_stages}
@@ -85,12 +86,12 @@ if wants tests; then
 fi
 
 if wants bench_rmix; then
-  timeout 162 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
+  timeout 130 $PY bench/bench_rmix.py --device cuda --reps 20 --out "$OUT/rmix-gpu" >"$OUT/bench_rmix.log" 2>&1
   note "bench_rmix rc=$?"
 fi
 
 if wants bench_blend_regions; then
-  timeout 70 $PY bench/bench_blend_regions.py --device cuda --reps 15 --regions mixup cutmix:8 rmix:4 \
+  timeout 57 $PY bench/bench_blend_regions.py --device cuda --reps 15 --regions mixup cutmix:8 rmix:4 \
     --out "$OUT/blend_regions-gpu" >"$OUT/bench_blend_regions.log" 2>&1
   note "bench_blend_regions rc=$?"
 fi
@@ -114,8 +115,16 @@ fi
 
 if wants bench_step; then
   timeout 121 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
-    --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
+    --methods vanilla cutmix paper rmix_fast rmix_fast_half rlmix sage --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
   note "bench_step rc=$?"
+fi
+
+if wants bench_step_adautomix; then
+  # AdAutoMix's step beside vanilla and R-Mix in one run (its own stage: about 5x vanilla a step, faithful)
+  timeout 45 $PY bench/bench_step.py --device cuda --reps 8 --warmup 2 --agreement \
+    --methods vanilla rmix_fast adautomix adautomix_reuse --out "$OUT/step-adautomix-gpu" \
+    >"$OUT/bench_step_adautomix.log" 2>&1
+  note "bench_step_adautomix rc=$?"
 fi
 
 # The tables for bench/README.md (full figures are in the JSON files under $OUT).
@@ -125,4 +134,4 @@ fi
 echo
 for line in "${summary[@]}"; do echo "$line"; done
 grep -h -A12 '^| goal' "$OUT/report.md" 2>/dev/null | head -14
-grep -h 'x) <-\|rlmix:\|agreement' "$OUT/bench_step.log" 2>/dev/null
+grep -h 'x) <-\|rlmix:\|agreement' "$OUT/bench_step.log" "$OUT/bench_step_adautomix.log" 2>/dev/null

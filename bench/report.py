@@ -1,6 +1,7 @@
 """Markdown tables of recorded runs, for bench/README.md: one table per op benchmark run (``bench_rmix.py``,
 ``bench_blend_regions.py``, ``bench_sage.py``) with its goals, the step table with the half-resolution mask agreement
-(``bench_step.py``), and the probes of ``gpu_checks.py`` with their failed checks.
+(``bench_step.py``), a mask-agreement study's file (``studies/mask_agreement.py --out``, half resolution or
+amortised saliency), and the probes of ``gpu_checks.py`` with their failed checks.
 
     python bench/report.py bench/results/rmix-<device>-<date>.json bench/results/blend_regions-<...>.json \\
         bench/results/step-<device>-<date>.json
@@ -31,7 +32,7 @@ def _header(run: dict[str, Any]) -> str:
         f"torch {run['torch']}, triton {run['triton']}, CUDA {run['cuda']}, Python {run['python']}; "
         f"allocator: {run.get('allocator', 'default')}."
     )
-    if "schema" not in run and "mask_agreement" not in run:
+    if "schema" not in run and "mask_agreement" not in run and "per_grid" not in run:
         text += " Recorded by `bench_rmix.py` before the shared runner (`bench/common.py`)."
     if run.get("complete") is False:
         text += f" **Incomplete run**: it stopped after {len(run['cases'])} rows."
@@ -130,18 +131,36 @@ def step_table(run: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     out = [_header(run), "", "\n".join(lines)]
     for a in run.get("mask_agreement", []):
-        out += ["", f"Half-resolution mask agreement, {a['model']} at {a['image_size']}² trained {a['train_steps']} "
+        out += ["", agreement_text(a)]
+    return "\n".join(out)
+
+
+def agreement_text(a: dict[str, Any]) -> str:
+    """A mask-agreement study (``studies/mask_agreement.py``): its sentence and its table per grid and level, for
+    the half-resolution pass or for amortised saliency (``"saliency": "amortised"``)."""
+    if a.get("saliency") == "amortised":
+        text = (f"Amortised saliency, {a['model']} at {a['image_size']}² trained {a['train_epochs']} epochs "
+                f"({a['train_steps']} steps) with amortised R-Mix on {a['train_images']} shapes images (test accuracy "
+                f"{a['test_accuracy']:.1f} %), its first {a['eval_images']} training images: the stored map's mask "
+                f"against the fresh full-resolution mask of a new augmented view: **{100 * a['agreement']:.1f} %** of "
+                f"cells identical (of the view it was stored from: {100 * a['same_view']:.1f} %; another image's "
+                f"stored map: {100 * a['other_image']:.1f} %; the fresh mask with the batch regrouped: "
+                f"{100 * a['regrouped_batch']:.1f} %).")  # fmt: skip
+        rows = (("agreement", " (stored)"), ("same_view", " (stored, same view)"),
+                ("other_image", " (other image)"), ("regrouped_batch", " (fresh, regrouped)"))  # fmt: skip
+    else:
+        text = (f"Half-resolution mask agreement, {a['model']} at {a['image_size']}² trained {a['train_steps']} "
                 f"steps on shapes (test accuracy {a['test_accuracy']:.1f} %), {a['test_images']} held-out images: "
                 f"**{100 * a['agreement']:.1f} %** of cells identical (a different image's mask at the same q: "
                 f"{100 * a['other_image']:.1f} %; the full-resolution mask with the batch regrouped: "
-                f"{100 * a['regrouped_batch']:.1f} %).", "",
-                "| p | " + " | ".join(f"q={q:g}" for q in a["levels"]) + " | mean |",
-                "|" + "---|" * (len(a["levels"]) + 2)]  # fmt: skip
+                f"{100 * a['regrouped_batch']:.1f} %).")  # fmt: skip
         rows = (("agreement", ""), ("other_image", " (other image)"), ("regrouped_batch", " (full, regrouped)"))
-        for p, v in a["per_grid"].items():
-            for kind, label in rows:
-                levels = " | ".join(f"{100 * x:.0f} %" for x in v[f"{kind}_per_level"])
-                out.append(f"| {p}{label} | {levels} | {100 * v[kind]:.1f} % |")
+    out = [text, "", "| p | " + " | ".join(f"q={q:g}" for q in a["levels"]) + " | mean |",
+           "|" + "---|" * (len(a["levels"]) + 2)]  # fmt: skip
+    for p, v in a["per_grid"].items():
+        for kind, label in rows:
+            levels = " | ".join(f"{100 * x:.0f} %" for x in v[f"{kind}_per_level"])
+            out.append(f"| {p}{label} | {levels} | {100 * v[kind]:.1f} % |")
     return "\n".join(out)
 
 
@@ -183,6 +202,8 @@ def checks_table(run: dict[str, Any]) -> str:
 def render(run: dict[str, Any]) -> str:
     if run.get("bench") == "gpu_checks":
         return checks_table(run)
+    if "per_grid" in run:  # a mask-agreement study's own file
+        return _header(run) + "\n\n" + agreement_text(run)
     return step_table(run) if "mask_agreement" in run else op_table(run)
 
 

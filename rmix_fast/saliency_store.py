@@ -18,7 +18,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from rmix_fast.ops import saliency_grid
-from rmix_fast.ops._checks import check_float_tensor, check_positive_int, describe, is_integer_tensor
+from rmix_fast.ops._checks import (
+    assert_in_range_async,
+    check_float_tensor,
+    check_positive_int,
+    describe,
+    is_integer_tensor,
+)
 from rmix_fast.ops._dtypes import FLOAT_DTYPES
 from rmix_fast.sampling import to_device
 
@@ -33,18 +39,6 @@ def cell_map_from_gradient(grad: Tensor, grid: int) -> Tensor:
     finite gets the uniform map 1/g**2 (an all-"top" mask, as ``rmix`` gives it). float32 (float64 for a
     float64 gradient); no gradient flows through it."""
     return saliency_grid(grad.detach(), grid)
-
-
-def _assert_indices_in_range(indices: Tensor, num_samples: int) -> None:
-    """The range check as an assertion the indices' device evaluates: on the CPU it runs (and raises a
-    ValueError) at once, on CUDA it is queued like any kernel and never read back."""
-    if indices.device.type not in ("cpu", "cuda"):
-        return
-    message = f"indices must lie in [0, {num_samples - 1}]"
-    try:
-        torch._assert_async(((indices >= 0) & (indices < num_samples)).all(), message)
-    except RuntimeError:  # raised here only where the check ran on the host, so the read below is free
-        raise ValueError(f"{message}, got values in [{int(indices.min())}, {int(indices.max())}]") from None
 
 
 def _last_occurrence(indices: Tensor) -> Tensor:
@@ -126,7 +120,7 @@ class SaliencyStore(nn.Module):
             raise ValueError(
                 f"indices are on {indices.device} but the store is on {device}; pass them there or on the CPU"
             )
-        _assert_indices_in_range(indices, self.num_samples)
+        assert_in_range_async(indices, self.num_samples, "indices")
         return to_device(indices.long(), device)
 
     def update_(self, indices: Tensor, cell_maps: Tensor) -> None:

@@ -230,7 +230,12 @@ class MaskGenerator(nn.Module):
             ]
         )
         y = F.conv2d(features.to(param_dtype), weight[:, :C, None, None])  # (B, 2d + 1, h, w)
-        y = y[index.reshape(-1).long()].reshape(N, B, 2 * d + 1, h, w)
+        # One gather per source: each row of index is a permutation, so each gather's backward writes every
+        # sample once (an index_add without repeats), and autograd sums the N of them in a fixed order. A single
+        # gather of all N rows would repeat every sample N times in one accumulating scatter, whose order (and
+        # so its rounding) varies between runs on CPU threads and GPU atomics.
+        rows = index.long()
+        y = torch.stack([y.index_select(0, rows[i]) for i in range(N)])  # (N, B, 2d + 1, h, w)
         per_source = bias.expand(N, -1)
         if self.lam_concat:
             # The lam channel is the last input channel and constant over the map: it adds lam_i * W[:, C].

@@ -326,7 +326,7 @@ class AdAutoMix(Mixer):
         total = loss_mix_q + loss_re + objective
         parts.update(mix_q=loss_mix_q, mix_k=loss_k, cosine=cosine)
         parts = {k: v.detach() for k, v in parts.items()}
-        self._accumulate(parts, adversarial)
+        self._accumulate(parts)
         self.last_params = self._params(draw, fallback)
         return AdAutoMixLoss(total, logits_q.detach(), targets_bb, x_bb.detach(), parts, adversarial)
 
@@ -381,7 +381,7 @@ class AdAutoMix(Mixer):
     # -- logs and state -----------------------------------------------------------------------------------
     _PARTS: ClassVar[tuple[str, ...]] = ("mix_q", "one_q", "lin_q", "mix_k", "cosine")
 
-    def _accumulate(self, parts: dict[str, Tensor], adversarial: bool) -> None:
+    def _accumulate(self, parts: dict[str, Tensor]) -> None:
         values = [parts.get(k, torch.zeros((), device=parts["mix_q"].device)).double() for k in self._PARTS]
         row = torch.stack([*values, torch.ones_like(values[0])])
         self._sums = row if self._sums is None else self._sums + row

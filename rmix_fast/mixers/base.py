@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rmix_fast.ops import blend_regions, regions_from_mask
+from rmix_fast.ops._checks import assert_in_range_async
 from rmix_fast.sampling import sample_beta, to_device
 
 __all__ = ["MixParams", "Mixer", "RegionMixer", "check_number", "soft_targets"]
@@ -65,7 +66,7 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     if y.dim() == 1:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y of shape (B,) must hold integer class labels, got dtype {y.dtype}")
-        _assert_labels_in_range(y, num_classes)
+        assert_in_range_async(y, num_classes, "labels")
         t = torch.zeros((y.shape[0], num_classes), dtype=torch.float32, device=y.device)
         t.scatter_(1, y.long().unsqueeze(1), 1.0)
     elif y.dim() == 2:
@@ -75,19 +76,6 @@ def soft_targets(y: Tensor, num_classes: int, label_smoothing: float = 0.0) -> T
     else:
         raise ValueError(f"y must be (B,) labels or (B, {num_classes}) soft targets, got shape {tuple(y.shape)}")
     return t * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else t
-
-
-def _assert_labels_in_range(y: Tensor, num_classes: int) -> None:
-    """The range check as an assertion the labels' device evaluates: on the CPU it runs (and raises) at once,
-    on CUDA it is queued like any kernel. Devices without the assertion kernel rely on the scatter's own
-    bounds check."""
-    if y.device.type not in ("cpu", "cuda"):
-        return
-    message = f"labels must lie in [0, {num_classes - 1}]"
-    try:
-        torch._assert_async(((y >= 0) & (y < num_classes)).all(), message)
-    except RuntimeError:  # raised here only where the check ran on the host, so the read below is free
-        raise ValueError(f"{message}, got values in [{int(y.min())}, {int(y.max())}]") from None
 
 
 def check_number(name: str, value: object, lo: float, hi: float, *, open_lo: bool = False) -> float:

@@ -233,6 +233,20 @@ def region_code_check(regions: Tensor) -> ContentCheck:
     return ContentCheck(((regions >= 0) & (regions <= 2)).all(), error)
 
 
+def assert_in_range_async(t: Tensor, upper: int, name: str) -> None:
+    """That every value of the integer tensor ``t`` lies in [0, upper), as an assertion ``t``'s device
+    evaluates: on the CPU it runs at once and raises a ValueError naming ``name`` and the values; on CUDA it is
+    queued like any kernel (never read back: a bad value fails as a device-side assert at the next sync).
+    Devices without the assertion kernel are not checked here."""
+    if t.device.type not in ("cpu", "cuda"):
+        return
+    message = f"{name} must lie in [0, {upper - 1}]"
+    try:
+        torch._assert_async(((t >= 0) & (t < upper)).all(), message)
+    except RuntimeError:  # raised here only where the check ran on the host, so the read below is free
+        raise ValueError(f"{message}, got values in [{int(t.min())}, {int(t.max())}]") from None
+
+
 def run_content_checks(checks: Sequence[ContentCheck]) -> None:
     """Reads every flag back in one host-device sync; raises the first failing check's error."""
     if not checks:

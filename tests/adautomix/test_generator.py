@@ -215,3 +215,20 @@ def test_bad_arguments_raise_value_errors_naming_them(call, name):
 def test_bad_constructor_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MaskGenerator(**{"in_channels": C, **kwargs})
+
+
+def test_parameter_gradients_are_bit_identical_run_to_run():
+    # every sample is a source N times: its gradient must be summed in a fixed order (no accumulating scatter)
+    # 128 channels (small_cnn's): enough elements for the threads to split an accumulating scatter
+    gen = MaskGenerator(128, std=0.4, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(64, 128, 4, 4, generator=g)
+    index = torch.stack([torch.randperm(64, generator=g) for _ in range(3)])
+    weights = torch.randn(64, 3, 4, 4, generator=g)
+    grads = []
+    for _ in range(12):
+        gen.zero_grad(set_to_none=True)
+        (gen(features, index) * weights).sum().backward()
+        grads.append([p.grad.clone() for p in gen.parameters()])
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other, strict=True))

@@ -98,6 +98,8 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
         ("rmix_fast.train", "rlmix", ["--agent-steps", "4", "--agent-minibatch", "2"]),
         # SAGE with its published update: the clean loss's gradients kept, both losses weighted
         ("rmix_fast.train", "sage", []),
+        # AdAutoMix: generator, one-hot head, their SGD momentum, the EMA teacher and the iteration count
+        ("rmix_fast.train", "adautomix", []),
         # R-Mix with amortised saliency: the store (every sample's map, written every step) is the state
         ("rmix_fast.train", "rmix", ["--saliency-source", "amortised"]),
     ],

@@ -1,6 +1,6 @@
 """R-Mix, Manifold Mixup with a clean loss and RL-Mix under DistributedDataParallel with 2 CPU processes on
-gloo, launched with torchrun; and rmix-train's RL-Mix and amortised R-Mix under torchrun, stopped after a
-checkpoint and resumed."""
+gloo, launched with torchrun; and rmix-train's RL-Mix, AdAutoMix and amortised R-Mix under torchrun, stopped
+after a checkpoint and resumed."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from rmix_fast.training.checkpoint import load_checkpoint
+from tests.helpers import ddp_adautomix_worker as worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +31,19 @@ def torchrun(module: str, *args: str) -> subprocess.CompletedProcess:
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"torchrun failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     return run
+
+
+def resume_and_compare(whole: Path, stopped: Path) -> list[tuple[list[dict], dict]]:
+    """Resumes the stopped run under torchrun; the two runs' histories (timings left out) and final metrics."""
+    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
+    assert "resumed from" in resumed.stdout
+    results = []
+    for run in (whole, stopped):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["world_size"] == 2
+        history = [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in metrics["history"]]
+        results.append((history, metrics["final"]))
+    return results
 
 
 def test_steps_under_ddp_with_torchrun(tmp_path):
@@ -99,19 +114,68 @@ def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
     assert not torch.equal(buffers[0]["rewards"][:1], buffers[1]["rewards"][:1])
     assert state["mixer"].keys() == state["mixer_ranks"][0].keys()  # rank 0's own, for a single-process resume
 
-    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
-    assert "resumed from" in resumed.stdout
-    timing = ("seconds", "images_per_s")
-    results = []
-    for run in (whole, stopped):
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["complete"] and metrics["world_size"] == 2
-        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
-        results.append((history, metrics["final"]))
+    results = resume_and_compare(whole, stopped)
     # epoch 3 does not update: both runs report epoch 2's update there (the resumed one from the checkpoint)
     assert results[1] == results[0]
     assert "rl_policy_loss" in results[1][0][2]
     assert [row["rl_updates"] for row in results[0][0]] == [0, 1, 1]
+
+
+def test_adautomix_training_under_torchrun_stays_in_sync_and_resumes_exactly(tmp_path):
+    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40",
+            "--batch-size", "20", "--no-progress", "--method", "adautomix", "--epochs", "3"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    torchrun("rmix_fast.train", *args, "--out", str(whole))
+    torchrun("tests.helpers.stop_after_epoch", "2", *args, "--out", str(stopped))
+
+    state = load_checkpoint(stopped / "checkpoint.pt")
+    assert state["epoch"] == 1 and len(state["mixer_ranks"]) == 2
+    ranks = state["mixer_ranks"]
+    # the generator's, the one-hot head's and the teacher's parameters and the generator's SGD momentum:
+    # bit-identical on both ranks after 4 steps on different batches. BatchNorm running statistics are each
+    # rank's own between steps (every step starts from rank 0's, as DDP's broadcast_buffers does).
+    assert ranks[0].keys() == ranks[1].keys()
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    tensors = [k for k, v in ranks[0].items() if isinstance(v, torch.Tensor) and not k.endswith(statistics)]
+    for prefix in ("mask_generator.", "head_one.", "teacher.module."):
+        assert any(k.startswith(prefix) for k in tensors), prefix
+    for key in tensors:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert not torch.equal(ranks[0]["teacher.module.net.features.0.1.running_mean"],
+                           ranks[1]["teacher.module.net.features.0.1.running_mean"])  # fmt: skip
+    extra = [r["_extra_state"] for r in ranks]
+    assert [e["iteration"] for e in extra] == [4, 4]
+    moments = [e["optimizer"]["state"] for e in extra]
+    assert moments[0].keys() == moments[1].keys() and len(moments[0]) > 0
+    for i in moments[0]:
+        assert torch.equal(moments[0][i]["momentum_buffer"], moments[1][i]["momentum_buffer"])
+    # the teacher moved away from its initial copy of the model (the EMA ran on every rank alike)
+    assert not torch.equal(ranks[0]["teacher.module.net.classifier.weight"], state["model"]["net.classifier.weight"])
+
+    results = resume_and_compare(whole, stopped)
+    assert results[1] == results[0]
+    assert "adautomix_mix_k" in results[0][0][0]
+
+
+def test_adautomix_step_averages_every_gradient_over_the_ranks(tmp_path):
+    mp.spawn(worker.run, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert not torch.equal(ranks[0]["loss"], ranks[1]["loss"])  # each rank its own batch and draws
+    # rank 1 started with other BatchNorm statistics; the step starts from rank 0's on both
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["after_broadcast"], ranks[1]["after_broadcast"], strict=True))
+    # the classifier's, the one-hot head's and the generator's gradients: exactly the mean of the ranks' own
+    assert len(ranks[0]["averaged"]) == len(ranks[0]["local"]) > 0
+    for i, (a0, a1) in enumerate(zip(ranks[0]["averaged"], ranks[1]["averaged"], strict=True)):
+        mean = (ranks[0]["local"][i] + ranks[1]["local"][i]) / 2
+        assert torch.equal(a0, mean) and torch.equal(a1, mean), i
+    assert any(not torch.equal(r0, r1) for r0, r1 in zip(ranks[0]["local"], ranks[1]["local"], strict=True))
+    # after the step the parameters (classifier, generator, head, teacher) agree bit for bit
+    for key in ranks[0]["model"]:
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(ranks[0]["model"][key], ranks[1]["model"][key]), key
+    for key in ranks[0]["mixer"]:
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(ranks[0]["mixer"][key], ranks[1]["mixer"][key]), key
 
 
 def test_amortised_rmix_under_torchrun_keeps_identical_stores_and_resumes_exactly(tmp_path):
@@ -132,15 +196,7 @@ def test_amortised_rmix_under_torchrun_keeps_identical_stores_and_resumes_exactl
     assert bool(stores[0]["store.seen"].all())
     assert (stores[0]["store.maps"].float().sum(dim=(1, 2)) - 1).abs().max() < 1e-2  # maps that sum to 1
 
-    resumed = torchrun("rmix_fast.train", "--out", str(stopped), "--resume")
-    assert "resumed from" in resumed.stdout
-    timing = ("seconds", "images_per_s")
-    results = []
-    for run in (whole, stopped):
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["complete"] and metrics["world_size"] == 2
-        history = [{k: v for k, v in row.items() if k not in timing} for row in metrics["history"]]
-        results.append((history, metrics["final"]))
+    results = resume_and_compare(whole, stopped)
     assert results[1] == results[0]
     # epoch 1 meets every sample for the first time; from epoch 2 on each rank knows the other's samples too
     assert [row["amortised_share"] for row in results[0][0]] == [0.0, 1.0, 1.0]

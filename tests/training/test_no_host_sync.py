@@ -66,6 +66,8 @@ def _limit_steps(trainer: Trainer, n: int) -> None:
 @pytest.mark.parametrize("method", tuple(METHODS))
 @pytest.mark.parametrize("mix_prob", [1.0, pytest.param(0.5, marks=pytest.mark.slow)])
 def test_a_training_step_reads_nothing_back(tmp_path, method, mix_prob):
+    if method == "adautomix" and mix_prob != 1.0:
+        pytest.skip("AdAutoMix mixes every batch (--mix-prob must be 1)")
     trainer = _trainer(tmp_path, method, "cpu", "--mix-prob", str(mix_prob))
     for x, y in _batches(trainer, 3):
         with HostReadProbe() as probe:

@@ -3,9 +3,13 @@ names, an option given on the command line wins, and the run's config records wh
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from rmix_fast.training.options import PRESETS, parse_args
+from rmix_fast.training.trainer import _make_scheduler
 
 
 def test_rmix_preset_is_the_paper_recipe(tmp_path):
@@ -40,3 +44,38 @@ def test_presets_name_only_real_options():
 def test_bad_crop_padding(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--crop-padding", "-1", "--out", str(tmp_path / "b")])
+
+
+def test_openmixup_preset_and_its_by_epoch_cosine(tmp_path):
+    a = parse_args(["--preset", "openmixup", "--method", "adautomix", "--epochs", "4", "--out", str(tmp_path / "o")])
+    assert (a.scheduler, a.lr, a.min_lr, a.momentum, a.nesterov, a.weight_decay) == ("cosine", 0.1, 0.05, 0.9,
+                                                                                     False, 1e-4)  # fmt: skip
+    assert (a.loss, a.crop_padding, a.batch_size) == ("soft_ce", 4, 100)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=a.lr)
+    scheduler = _make_scheduler(a, optimizer, steps_per_epoch=3)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # mmcv's CosineAnnealingLrUpdaterHook by epoch: min + (base - min) (1 + cos(pi e / E)) / 2, constant per epoch
+    want = [0.05 + 0.05 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs == pytest.approx([w for w in want for _ in range(3)], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "adautomix", "--mix-prob", "0.5"], "--mix-prob"),
+        (["--method", "adautomix", "--compile"], "--compile"),
+        (["--method", "adautomix", "--clean-loss-weight", "0.3"], "--clean-loss-weight"),
+        (["--sources", "1"], "--sources"),
+        (["--lam-margin", "0.5"], "--lam-margin"),
+        (["--ema-momentum", "0.9999", "--ema-end-momentum", "0.999"], "--ema-momentum"),
+        (["--preset", "openmixup", "--min-lr", "0.2"], "--min-lr"),
+    ],
+)
+def test_adautomix_and_cosine_options_are_checked(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        parse_args([*argv, "--out", str(tmp_path / "x")])
+    assert message in capsys.readouterr().err

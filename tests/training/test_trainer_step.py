@@ -30,20 +30,24 @@ def _setup(tmp_path, method: str, *extra: str) -> tuple[Trainer, torch.nn.Module
     trainer = Trainer(args)
     trainer.start_fresh()
     twin_mixer = METHODS[method].build(args, trainer.num_classes)
+    twin = copy.deepcopy(trainer.model)
     if trainer.mixer is not None:
+        twin_mixer.attach(twin, (trainer.train_set.channels, *trainer.train_set.image_size))  # AdAutoMix's teacher
+        twin_mixer.set_total_steps(args.epochs * trainer.steps_per_epoch)
         twin_mixer.load_state_dict(trainer.mixer.state_dict())  # a learned mixer's state (RL-Mix's policy)
         trainer.mixer.generator = torch.Generator().manual_seed(SEED)
         twin_mixer.generator = torch.Generator().manual_seed(SEED)
     xb, yb, _ = next(iter(iterate_batches(trainer.train_set, trainer._batches(0)[:1], device=trainer.device)))
     x = to_pixels(xb, augment=True, generator=torch.Generator().manual_seed(0))
-    return trainer, copy.deepcopy(trainer.model), twin_mixer, x, yb
+    return trainer, twin, twin_mixer, x, yb
 
 
 def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("method", tuple(METHODS))
+# a method that runs its own step (AdAutoMix) has its own test below
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "adautomix"])
 def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method):
     # SAGE's defaults weigh a clean loss in: turned off here, the step is its mix alone too
     trainer, twin, mixer, x, y = _setup(tmp_path, method, "--clean-loss-weight", "0", "--mix-loss-weight", "1")
@@ -72,6 +76,32 @@ def test_without_a_clean_loss_the_step_is_the_mixed_loss_alone(tmp_path, method)
     assert (grad is None) == (want_grad is None) and (grad is None or torch.equal(grad, want_grad))
     for p, q in zip(trainer.model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
+
+
+def test_a_mixer_that_owns_the_step_runs_it_whole(tmp_path):
+    """AdAutoMix: the trainer's step is the mixer's loss, one backward, the classifier's optimiser step with
+    the scheduler's lr, then the mixer's own step and EMA; it reports the classifier's mixed loss."""
+    trainer, twin, mixer, x, y = _setup(tmp_path, "adautomix")
+    group = dict(trainer.optimizer.param_groups[0])  # this step's lr and momentum (OneCycle cycles both)
+    lr = group["lr"]
+    loss, correct, x_mix, grad = trainer.step(x, y)
+    assert grad is None and trainer.mixer.iteration == 1
+
+    settings = {k: group[k] for k in ("lr", "momentum", "nesterov", "weight_decay")}
+    optimizer = torch.optim.SGD(twin.parameters(), **settings)
+    out = mixer.training_loss(twin, x, y, trainer.criterion)
+    out.loss.backward()
+    for p, q in zip(trainer.model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    optimizer.step()
+    mixer.after_optimizer_step(twin, lr=lr)
+    assert torch.equal(loss, out.parts["mix_q"]) and torch.equal(x_mix, out.mixed)
+    assert int(correct) == int((out.logits.argmax(1) == out.targets.argmax(1)).sum())
+    for a, b in zip(trainer.model.state_dict().values(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(trainer.mixer.state_dict().items(), mixer.state_dict().values(), strict=True):
+        if isinstance(a, Tensor):
+            assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("method", ["rmix", "vanilla", "manifold", "sage"])
