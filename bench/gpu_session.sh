@@ -115,7 +115,7 @@ fi
 
 if wants bench_step; then
   timeout 121 $PY bench/bench_step.py --device cuda --reps 15 --agreement-steps 300 --agreement-images 2000 256 \
-    --methods vanilla cutmix paper rmix_fast rmix_fast_half rlmix sage --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
+    --methods vanilla cutmix paper rmix_fast rmix_fast_half rmix_amortised rlmix sage --out "$OUT/step-gpu" >"$OUT/bench_step.log" 2>&1
   note "bench_step rc=$?"
 fi
 
