@@ -99,7 +99,8 @@ def test_same_seed_same_results_and_eval_cli_agrees(tmp_path, capsys):
         # SAGE with its published update: the clean loss's gradients kept, both losses weighted
         ("rmix_fast.train", "sage", []),
         # AdAutoMix: generator, one-hot head, their SGD momentum, the EMA teacher and the iteration count
-        ("rmix_fast.train", "adautomix", []),
+        # (16-pixel images: its step is five forward-backwards' worth)
+        ("rmix_fast.train", "adautomix", ["--image-size", "16"]),
         # R-Mix with amortised saliency: the store (every sample's map, written every step) is the state
         ("rmix_fast.train", "rmix", ["--saliency-source", "amortised"]),
     ],

@@ -122,8 +122,8 @@ def test_rlmix_training_under_torchrun_resumes_exactly(tmp_path):
 
 
 def test_adautomix_training_under_torchrun_stays_in_sync_and_resumes_exactly(tmp_path):
-    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40",
-            "--batch-size", "20", "--no-progress", "--method", "adautomix", "--epochs", "3"]  # fmt: skip
+    args = ["--dataset", "shapes", "--model", "small_cnn", "--train-size", "80", "--test-size", "40", "--image-size",
+            "16", "--batch-size", "20", "--no-progress", "--method", "adautomix", "--epochs", "3"]  # fmt: skip
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     torchrun("rmix_fast.train", *args, "--out", str(whole))
     torchrun("tests.helpers.stop_after_epoch", "2", *args, "--out", str(stopped))
