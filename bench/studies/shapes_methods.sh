@@ -30,8 +30,11 @@ ARMS=(
 # Their 1000-step rollout would end after the last step here: the agent would never update.
 RLMIX_5K=(--method rlmix="--method rlmix --agent-steps 100 --agent-minibatch 25")
 RLMIX_1K=(--method rlmix="--method rlmix --agent-steps 20 --agent-minibatch 5")
+# AdAutoMix (issue 18): the published CIFAR configuration (3 sources, beta 0.3, its EMA schedule over the run's
+# steps) under this study's OneCycle recipe, as R-Mix: the method, not OpenMixup's protocol, is compared.
+ADAUTOMIX=(--method adautomix="--method adautomix")
 EXTRA=("${@:2}")  # e.g. --report-only
-"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-5k" "${ARMS[@]}" "${RLMIX_5K[@]}" --seeds 0 1 2 --parallel 2 \
+"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-5k" "${ARMS[@]}" "${RLMIX_5K[@]}" "${ADAUTOMIX[@]}" --seeds 0 1 2 --parallel 2 \
   --threads 1 "${EXTRA[@]}" -- --dataset shapes --model small_cnn --epochs 12
-"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-1k" "${ARMS[@]}" "${RLMIX_1K[@]}" --seeds 0 1 2 --parallel 2 \
+"${PY:-python}" -m rmix_fast.compare --out "$OUT/shapes-1k" "${ARMS[@]}" "${RLMIX_1K[@]}" "${ADAUTOMIX[@]}" --seeds 0 1 2 --parallel 2 \
   --threads 1 "${EXTRA[@]}" -- --dataset shapes --model small_cnn --train-size 1000 --epochs 50
