@@ -109,7 +109,9 @@ def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
     args = [*TINY, "--method", method, "--epochs", "3", "--train-size", "200", *extra]
     env = subprocess_env()
     cmd = [sys.executable, "-m", module, *args]
-    subprocess.run([*cmd, "--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True, timeout=300)
+    # The uninterrupted run beside the one to kill (one thread each, the machine's two cores)
+    whole_run = subprocess.Popen([*cmd, "--out", str(tmp_path / "whole")], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)  # fmt: skip
 
     # Kill a second run without warning during its second epoch, after its first checkpoint.
     killed = tmp_path / "killed"
@@ -135,6 +137,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, module, method, extra):
     )
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout
+    assert whole_run.wait(timeout=300) == 0, whole_run.stderr.read().decode()
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
     assert results_of(resumed) == results_of(whole)
