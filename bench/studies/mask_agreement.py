@@ -50,6 +50,21 @@ from rmix_fast.training.data import InMemoryVisionDataset, build_dataset
 from rmix_fast.training.models import PixelClassifier, build_model
 
 
+def _agreement_summary(counts: dict, cells: dict, grids, kinds, qs: torch.Tensor, levels: int) -> dict[str, Any]:
+    """Per grid and level the share of cells whose masks agree, per grid over the levels, and over all (p
+    uniform over the grids, q over the levels, as training draws them)."""
+    out: dict[str, Any] = {"levels": [round(q, 4) for q in qs.tolist()], "per_grid": {}}
+    for p in grids:
+        per: dict[str, Any] = {}
+        for kind in kinds:
+            per[f"{kind}_per_level"] = (counts[kind, p] / cells[p]).tolist()
+            per[kind] = float(counts[kind, p].sum() / (cells[p] * levels))
+        out["per_grid"][str(p)] = per
+    for kind in kinds:
+        out[kind] = sum(v[kind] for v in out["per_grid"].values()) / len(grids)
+    return out
+
+
 def train_briefly(
     model: nn.Module, data: InMemoryVisionDataset, device: torch.device, *, steps: int, batch: int, seed: int
 ) -> float:
@@ -126,17 +141,7 @@ def agreement(
                 counts["other_image", p][k] += float((m["full"] == m["half"].roll(1, dims=0)).sum())
                 counts["regrouped_batch", p][k] += float((m["full"] == m["regrouped"]).sum())
             cells[p] += B * p * p
-    out: dict[str, Any] = {"levels": [round(q, 4) for q in qs.tolist()], "per_grid": {}}
-    for p in grids:
-        per: dict[str, Any] = {}
-        for kind in kinds:
-            per[f"{kind}_per_level"] = (counts[kind, p] / cells[p]).tolist()
-            per[kind] = float(counts[kind, p].sum() / (cells[p] * levels))
-        out["per_grid"][str(p)] = per
-    # As training draws them: p uniform over the grids, q uniform over the levels.
-    for kind in kinds:
-        out[kind] = sum(v[kind] for v in out["per_grid"].values()) / len(grids)
-    return out
+    return _agreement_summary(counts, cells, grids, kinds, qs, levels)
 
 
 def measure(model_name: str, image_size: int, device: torch.device, *, steps: int, batch: int, train_images: int,
@@ -240,16 +245,7 @@ def amortised_agreement(
                 counts["other_image", p][k] += float((m["stored"].roll(1, dims=0) == m["fresh"]).sum())
                 counts["regrouped_batch", p][k] += float((m["fresh"] == m["regrouped"]).sum())
             cells[p] += B * p * p
-    out: dict[str, Any] = {"levels": [round(q, 4) for q in qs.tolist()], "per_grid": {}}
-    for p in grids:
-        per: dict[str, Any] = {}
-        for kind in kinds:
-            per[f"{kind}_per_level"] = (counts[kind, p] / cells[p]).tolist()
-            per[kind] = float(counts[kind, p].sum() / (cells[p] * levels))
-        out["per_grid"][str(p)] = per
-    for kind in kinds:  # p uniform over the grids, q over the levels, as training draws them
-        out[kind] = sum(v[kind] for v in out["per_grid"].values()) / len(grids)
-    return out
+    return _agreement_summary(counts, cells, grids, kinds, qs, levels)
 
 
 def measure_amortised(
